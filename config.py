@@ -57,6 +57,9 @@ class LlamaConfig:
         """Build a config from a checkpoint's `model_args`, accepting llama2.c's key names.
         An unknown key is an error: silently dropping one would build the wrong model."""
         known = {f.name for f in fields(cls)}
+        both = [f"{alias}/{name}" for alias, name in _ALIASES.items() if alias in args and name in args]
+        if both:
+            raise ValueError(f"both spellings of one field given: {', '.join(both)}")
         renamed = {_ALIASES.get(key, key): value for key, value in args.items()}
         unknown = sorted(set(renamed) - known)
         if unknown:

@@ -78,3 +78,9 @@ def test_to_dict_round_trips_through_weights_only_torch_load():
     buffer.seek(0)
     restored = torch.load(buffer, weights_only=True)["model_args"]
     assert LlamaConfig.from_dict(restored) == config
+
+
+def test_from_dict_rejects_an_alias_given_with_its_target():
+    """norm_eps and layer_norm_eps together would silently drop one value."""
+    with pytest.raises(ValueError, match="norm_eps/layer_norm_eps"):
+        LlamaConfig.from_dict({"norm_eps": 1e-5, "layer_norm_eps": 1e-6})

@@ -1,0 +1,531 @@
+"""Write the student repository from the reference solution: `python instructor/make_skeleton.py OUT_DIR`.
+
+The solution on `main` is the one source of truth. Every piece students implement sits inside a
+function body, after its docstring, between two comment lines:
+
+        # BEGIN SOLUTION
+        ...the reference code...
+        # END SOLUTION
+
+In the skeleton the lines from BEGIN to END become `# todo` and `raise NotImplementedError`, at
+the same indentation, so the signature and the docstring that teaches the piece stay. A region is
+named by its file and the function around it, e.g. `llama.py:RMSNorm._norm`.
+
+A course *variant* is more than a set of regions (see VARIANTS):
+  rmsnorm    the LUH course: RMSNorm, plain temperature sampling (epsilon defaults to 0), AdamW
+             checked without gradient clipping, no lora.py and no `--option lora`
+  layernorm  the 2025 CMU course: LayerNorm by default, LoRA, epsilon sampling, clipping
+Each variant ships its grader reference files under the upstream names (`optimizer_test.npy`,
+`sanity_check.data`) and rewrites a few constants and defaults so its checks use them. Those
+rewrites are made on the syntax tree's positions (module/class constants, parameter defaults,
+argparse choices), never on raw text, and a rewrite whose target is missing is an error: when a
+source file changes shape, this tool says so instead of shipping a half-rewritten file.
+
+Lines only one variant should see can also be fenced in the source:
+        # BEGIN VARIANT layernorm
+        ...
+        # END VARIANT
+The fenced lines are kept in the named variant(s) (comma-separated) and dropped from the others;
+the two marker lines are always dropped. On `main` they are plain comments.
+
+Left out of the skeleton: the instructor tools, the benchmarks, and the pytest suite (it tests
+internals against the solution), except `tests/student/`, the checks students run themselves.
+Every Python file written is parsed and compiled before the tool reports success.
+"""
+
+import argparse
+import ast
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tokenize
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
+VARIANT_BEGIN, VARIANT_END = "# BEGIN VARIANT", "# END VARIANT"
+
+# Paths (relative, POSIX) that never reach students; a folder excludes everything under it.
+INSTRUCTOR_ONLY = ("instructor/", "bench/", ".ci/", "tests/")
+STUDENT_TESTS = "tests/student/"  # the one part of tests/ that ships
+
+
+class SkeletonError(ValueError):
+    """The source does not have the shape this tool needs; the message names the file and line."""
+
+
+# ----------------------------------------------------------------------------- solution regions
+
+@dataclass(frozen=True)
+class Region:
+    path: str  # relative to the repository, POSIX separators
+    function: str  # qualified name of the function around it, e.g. "Attention.forward"
+    begin: int  # 1-based line of the BEGIN marker
+    end: int  # 1-based line of the END marker
+    indent: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.path}:{self.function}"
+
+
+def _marker_lines(source: str, path: str) -> list[tuple[int, str, str]]:
+    """(line, marker text, indentation) of every comment that is a region or variant marker.
+
+    tokenize, not a text search, so a marker quoted inside a string or docstring is not one."""
+    markers = []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type != tokenize.COMMENT:
+            continue
+        text = tok.string.strip()
+        if text in (BEGIN, END) or text.startswith((VARIANT_BEGIN, VARIANT_END)):
+            line = tok.line.rstrip("\r\n")
+            if line.strip() != text:
+                raise SkeletonError(f"{path}:{tok.start[0]}: a marker must be alone on its line: {line.strip()!r}")
+            markers.append((tok.start[0], text, line[: len(line) - len(line.lstrip())]))
+    return markers
+
+
+def _functions(tree: ast.AST) -> list[tuple[str, ast.AST]]:
+    """(qualified name, node) of every function, methods as Class.method."""
+    found = []
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    found.append((name, child))
+                visit(child, name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return found
+
+
+def find_regions(source: str, path: str) -> list[Region]:
+    """The solution regions of one file, in order. Unpaired, nested or mis-indented markers and
+    regions outside a function body are errors."""
+    functions = _functions(ast.parse(source, filename=path))
+    regions, open_marker = [], None
+    for line, text, indent in _marker_lines(source, path):
+        if text == BEGIN:
+            if open_marker:
+                raise SkeletonError(f"{path}:{line}: {BEGIN} inside the region opened on line {open_marker[0]}")
+            open_marker = (line, indent)
+        elif text == END:
+            if not open_marker:
+                raise SkeletonError(f"{path}:{line}: {END} without a {BEGIN}")
+            begin, begin_indent = open_marker
+            if indent != begin_indent:
+                raise SkeletonError(f"{path}:{line}: {END} is not indented like its {BEGIN} (line {begin})")
+            # ast spans end at the last statement, before a trailing END comment: match on BEGIN.
+            inside = [(name, node) for name, node in functions
+                      if node.lineno < begin < node.end_lineno]
+            if not inside:
+                raise SkeletonError(f"{path}:{begin}: a solution region must be inside a function body")
+            name, _ = max(inside, key=lambda item: item[1].lineno)  # the innermost function
+            regions.append(Region(path, name, begin, line, indent))
+            open_marker = None
+    if open_marker:
+        raise SkeletonError(f"{path}:{open_marker[0]}: {BEGIN} is never closed")
+    return regions
+
+
+def fill_regions(source: str, regions: list[Region], blank: set[str]) -> str:
+    """Replace the regions whose id is in `blank` by a todo; keep the others' code, drop their markers."""
+    lines = source.splitlines(keepends=True)
+    for region in sorted(regions, key=lambda r: r.begin, reverse=True):
+        if region.id in blank:
+            todo = [f"{region.indent}# todo\n", f"{region.indent}raise NotImplementedError\n"]
+            lines[region.begin - 1: region.end] = todo
+        else:
+            del lines[region.end - 1]
+            del lines[region.begin - 1]
+    return "".join(lines)
+
+
+def select_variant_lines(source: str, path: str, variant: str) -> str:
+    """Keep the lines fenced by `# BEGIN VARIANT a,b` ... `# END VARIANT` only in variants a, b."""
+    lines = source.splitlines(keepends=True)
+    drop, open_marker = set(), None
+    for line, text, _ in _marker_lines(source, path):
+        if text.startswith(VARIANT_BEGIN):
+            if open_marker:
+                raise SkeletonError(f"{path}:{line}: nested {VARIANT_BEGIN}")
+            names = {name.strip() for name in text[len(VARIANT_BEGIN):].split(",") if name.strip()}
+            unknown = names - set(VARIANTS)
+            if not names or unknown:
+                raise SkeletonError(f"{path}:{line}: {VARIANT_BEGIN} needs variant names from {sorted(VARIANTS)}")
+            open_marker = (line, names)
+        elif text == VARIANT_END:
+            if not open_marker:
+                raise SkeletonError(f"{path}:{line}: {VARIANT_END} without a {VARIANT_BEGIN}")
+            begin, names = open_marker
+            drop.update({begin, line} if variant in names else set(range(begin, line + 1)))
+            open_marker = None
+    if open_marker:
+        raise SkeletonError(f"{path}:{open_marker[0]}: {VARIANT_BEGIN} is never closed")
+    return "".join(text for number, text in enumerate(lines, start=1) if number not in drop)
+
+
+# ----------------------------------------------------------------------------- syntax-tree rewrites
+
+def literal(value) -> str:
+    """Python source for a constant, in this repository's style (double-quoted strings)."""
+    if isinstance(value, str):
+        return '"' + repr(value)[1:-1].replace('"', '\\"') + '"' if "'" not in value else repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
+
+
+def _replace_node(source: str, node: ast.AST, text: str) -> str:
+    """Replace the source span of `node` by `text`. ast column offsets count UTF-8 bytes."""
+    lines = source.splitlines(keepends=True)
+    start = sum(len(line.encode()) for line in lines[: node.lineno - 1]) + node.col_offset
+    end = sum(len(line.encode()) for line in lines[: node.end_lineno - 1]) + node.end_col_offset
+    data = source.encode()
+    return (data[:start] + text.encode() + data[end:]).decode()
+
+
+def _scope(tree: ast.Module, qualified: str) -> tuple[list[ast.stmt], str]:
+    """The statements of the class named by all but the last part of `qualified`, and that last part."""
+    *classes, name = qualified.split(".")
+    body = tree.body
+    for class_name in classes:
+        matches = [node for node in body if isinstance(node, ast.ClassDef) and node.name == class_name]
+        if not matches:
+            raise LookupError(f"no class {class_name}")
+        body = matches[0].body
+    return body, name
+
+
+def set_assignment(qualified: str, value) -> Callable[[str], str]:
+    """Rewrite `NAME = ...` (module level) or a class field `Class.NAME: T = ...` to `repr(value)`."""
+    def rewrite(source: str) -> str:
+        body, name = _scope(ast.parse(source), qualified)
+        for node in body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and any(
+                    isinstance(t, ast.Name) and t.id == name for t in targets):
+                return _replace_node(source, node.value, literal(value))
+        raise LookupError(f"no assignment to {qualified}")
+    rewrite.description = f"{qualified} = {value!r}"
+    return rewrite
+
+
+def set_parameter_default(function: str, parameter: str, value) -> Callable[[str], str]:
+    """Rewrite the default value of one parameter of a function or method."""
+    def rewrite(source: str) -> str:
+        for name, node in _functions(ast.parse(source)):
+            if name != function:
+                continue
+            args = node.args
+            positional = args.posonlyargs + args.args
+            pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+            pairs += [(arg, default) for arg, default in zip(args.kwonlyargs, args.kw_defaults) if default]
+            for arg, default in pairs:
+                if arg.arg == parameter:
+                    return _replace_node(source, default, literal(value))
+            raise LookupError(f"{function} has no parameter {parameter} with a default")
+        raise LookupError(f"no function {function}")
+    rewrite.description = f"{function}({parameter}={value!r})"
+    return rewrite
+
+
+def _add_argument_call(tree: ast.Module, flag: str) -> ast.Call:
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_argument" and node.args
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == flag):
+            return node
+    raise LookupError(f"no add_argument({flag!r}, ...)")
+
+
+def _keyword(call: ast.Call, name: str, flag: str) -> ast.keyword:
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return keyword
+    raise LookupError(f"add_argument({flag!r}) has no {name}=")
+
+
+def remove_cli_choice(flag: str, choice: str) -> Callable[[str], str]:
+    """Drop one value from the literal `choices=[...]` of an argparse option."""
+    def rewrite(source: str) -> str:
+        choices = _keyword(_add_argument_call(ast.parse(source), flag), "choices", flag).value
+        values = ast.literal_eval(choices)
+        if choice not in values:
+            raise LookupError(f"{flag} has no choice {choice!r}")
+        return _replace_node(source, choices, literal(type(values)(v for v in values if v != choice)))
+    rewrite.description = f"{flag} without the choice {choice!r}"
+    return rewrite
+
+
+def set_cli_default(flag: str, value) -> Callable[[str], str]:
+    """Rewrite the `default=` of an argparse option."""
+    def rewrite(source: str) -> str:
+        default = _keyword(_add_argument_call(ast.parse(source), flag), "default", flag).value
+        return _replace_node(source, default, literal(value))
+    rewrite.description = f"{flag} defaults to {value!r}"
+    return rewrite
+
+
+# ----------------------------------------------------------------------------- the variants
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    course: str
+    solved: frozenset = frozenset()  # region ids that stay solved: not this course's exercise
+    dropped: frozenset = frozenset()  # files this course does not have
+    references: dict = field(default_factory=dict)  # shipped name -> file in assets/reference
+    rewrites: dict = field(default_factory=dict)  # file -> rewrites applied in order
+
+
+def _common_rewrites(variant: str) -> dict:
+    return {
+        "prepare_submit.py": [set_assignment("DEFAULT_VARIANT", variant)],
+        "tests/student/test_your_implementation.py": [set_assignment("COURSE_VARIANT", variant)],
+    }
+
+
+VARIANTS = {
+    "rmsnorm": Variant(
+        name="rmsnorm",
+        course="the LUH course: RMSNorm, plain temperature sampling, AdamW without clipping, no LoRA",
+        solved=frozenset({"llama.py:LayerNorm._norm"}),
+        dropped=frozenset({"lora.py"}),
+        references={"rotary_embedding_actual.data": "rotary_embedding_actual.data",
+                    "optimizer_test.npy": "optimizer_test.npy",
+                    "sanity_check.data": "sanity_check_rmsnorm.data"},
+        rewrites={
+            **_common_rewrites("rmsnorm"),
+            # generate(idx, max_new_tokens, temperature): epsilon 0 is plain temperature sampling.
+            "llama.py": [set_parameter_default("Llama.generate", "epsilon", 0.0),
+                         set_parameter_default("sample_next_token", "epsilon", 0.0)],
+            "optimizer_test.py": [set_assignment("VARIANTS", {"noclip": ("optimizer_test.npy", None)})],
+            "sanity_check.py": [set_assignment("REFERENCES", {"rmsnorm": "sanity_check.data"})],
+            "run_llama.py": [remove_cli_choice("--option", "lora")],
+        },
+    ),
+    "layernorm": Variant(
+        name="layernorm",
+        course="the 2025 CMU course: LayerNorm, LoRA, epsilon sampling, AdamW with gradient clipping",
+        references={"rotary_embedding_actual.data": "rotary_embedding_actual.data",
+                    "optimizer_test.npy": "optimizer_test_clip0.9.npy",
+                    "sanity_check.data": "sanity_check_layernorm.data"},
+        rewrites={
+            **_common_rewrites("layernorm"),
+            "config.py": [set_assignment("LlamaConfig.norm_type", "layernorm")],
+            "optimizer_test.py": [set_assignment("VARIANTS", {"clip0.9": ("optimizer_test.npy", 0.9)})],
+            "sanity_check.py": [set_assignment("REFERENCES", {"layernorm": "sanity_check.data"}),
+                                set_cli_default("--norm", "layernorm")],
+        },
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- the repository
+
+def find_assets() -> Path | None:
+    """The folder holding the grader reference files: the repository root (after setup.sh),
+    then $MINLLAMA_ASSETS/reference, then ../shared/assets/reference. None if none has them."""
+    candidates = [REPO_ROOT]
+    if os.environ.get("MINLLAMA_ASSETS"):
+        candidates.append(Path(os.environ["MINLLAMA_ASSETS"]) / "reference")
+    candidates.append(REPO_ROOT.parent / "shared" / "assets" / "reference")
+    for folder in candidates:
+        if (folder / "rotary_embedding_actual.data").is_file():
+            return folder
+    return None
+
+
+def source_files(root: Path = REPO_ROOT) -> list[str]:
+    """The files of the solution that could ship: tracked or untracked but not git-ignored
+    (so setup.sh's assets, outputs and caches never ship), still present on disk."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                            cwd=root, check=True, capture_output=True, text=True).stdout
+    return sorted(path for path in set(listed.split("\0")) if path and (root / path).is_file())
+
+
+def ships(path: str, variant: Variant) -> bool:
+    if path in variant.dropped or path == "README.md":  # the students get their own README
+        return False
+    if path.startswith(STUDENT_TESTS):
+        return True
+    return not path.startswith(INSTRUCTOR_ONLY)
+
+
+def all_regions(root: Path = REPO_ROOT) -> list[Region]:
+    """Every solution region of the repository, whatever the variant."""
+    return [region for path in source_files(root) if path.endswith(".py")
+            for region in find_regions((root / path).read_text(), path)]
+
+
+def _top_level_imports(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def skeleton_source(source: str, path: str, variant: Variant, blank: set[str]) -> str:
+    """One file of the skeleton: variant lines selected, regions in `blank` emptied, rewrites made."""
+    source = select_variant_lines(source, path, variant.name)
+    source = fill_regions(source, find_regions(source, path), blank)
+    for rewrite in variant.rewrites.get(path, []):
+        try:
+            source = rewrite(source)
+        except LookupError as err:
+            raise SkeletonError(f"{path}: cannot apply the {variant.name} rewrite "
+                                f"'{rewrite.description}': {err}") from None
+    return source
+
+
+def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None = None,
+          root: Path = REPO_ROOT, assets: Path | None = None) -> list[Region]:
+    """Write the skeleton of `variant_name` into `out_dir` (which must not exist or be empty).
+
+    `blank` overrides which regions become todos (default: all but the variant's solved ones);
+    the coverage test uses it to empty one region at a time. Returns the regions left blank."""
+    variant = VARIANTS[variant_name]
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise SkeletonError(f"{out_dir} exists and is not empty")
+    assets = assets or find_assets()
+    if assets is None:
+        raise SkeletonError("grader reference files not found: run `bash setup.sh`, set MINLLAMA_ASSETS, "
+                            "or pass --assets DIR")
+
+    files = [path for path in source_files(root) if ships(path, variant)]
+    missing_targets = set(variant.rewrites) - set(files)
+    if missing_targets:
+        raise SkeletonError(f"the {variant.name} rewrites need files that are not there: {sorted(missing_targets)}")
+    regions = [r for path in files if path.endswith(".py") for r in find_regions((root / path).read_text(), path)]
+    if blank is None:
+        blank = {r.id for r in regions} - variant.solved
+    unknown = blank - {r.id for r in regions}
+    if unknown:
+        raise SkeletonError(f"no such region(s) in the {variant.name} skeleton: {sorted(unknown)}")
+
+    dropped_modules = {Path(path).stem for path in variant.dropped if path.endswith(".py")}
+    for path in files:
+        target = out_dir / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not path.endswith(".py"):
+            shutil.copy2(root / path, target)
+            continue
+        text = skeleton_source((root / path).read_text(), path, variant, blank)
+        tree = ast.parse(text, filename=path)  # the skeleton must be valid Python...
+        compile(tree, path, "exec")  # ...that compiles
+        if any(marker in (BEGIN, END) for _, marker, _ in _marker_lines(text, path)):
+            raise SkeletonError(f"{path}: solution markers left in the skeleton")
+        needed = _top_level_imports(tree) & dropped_modules
+        if needed:
+            raise SkeletonError(f"{path} imports {sorted(needed)} at module level, which the {variant.name} "
+                                "skeleton does not ship: import it where it is used")
+        target.write_text(text)
+        shutil.copymode(root / path, target)
+
+    for shipped, original in variant.references.items():
+        shutil.copy2(assets / original, out_dir / shipped)
+    blanked = [r for r in regions if r.id in blank]
+    (out_dir / "README.md").write_text(student_readme(variant, blanked))
+    return blanked
+
+
+def student_readme(variant: Variant, regions: list[Region]) -> str:
+    todo = "\n".join(f"- `{r.path}`: `{r.function}`" for r in regions)
+    lora = "" if "lora.py" in variant.dropped else (
+        "python run_llama.py --option lora --epochs 5 --lr 2e-5 --batch_size 80 --train data/sst-train.txt "
+        "--dev data/sst-dev.txt --test data/sst-test.txt --label-names data/sst-label-mapping.json "
+        "--dev_out sst-dev-lora-output.txt --test_out sst-test-lora-output.txt --lora_rank 4 --lora_alpha 1.0\n")
+    return f"""# minllama: build Llama 2 from scratch
+
+This is the version of the assignment for {variant.course}. You implement the core of Llama 2
+(Touvron et al. 2023) in PyTorch, load the pretrained 42M-parameter TinyStories model
+`stories42M.pt`, generate text with it, and classify sentiment (SST-5, CFIMDB) by zero-shot
+prompting and by fine-tuning{'' if 'lora.py' in variant.dropped else ' (fully and with LoRA)'}.
+`structure.md` explains every file, the order to work in, and the interface you must keep.
+
+## Set-up
+
+    bash setup.sh            # a .venv with the requirements, the data, tokenizer.model, stories42M.pt
+    . .venv/bin/activate
+
+## What you implement
+
+Each piece below reads `# todo` followed by `raise NotImplementedError`, under a docstring that
+explains the idea. Replace those two lines with your code; keep the names and signatures.
+
+{todo}
+
+## How to check your work
+
+    python -m pytest -q tests/student   # one quick test per piece, on small random models
+    python rope_test.py                 # prints "Rotary embedding test passed!"
+    python optimizer_test.py            # prints "Optimizer test passed!"
+    python sanity_check.py              # prints "Your Llama implementation is correct!" (needs stories42M.pt)
+
+A test that fails with `NotImplementedError` points at a piece that is still a todo.
+
+## Running the assignment
+
+    python run_llama.py --option generate
+    python run_llama.py --option prompt --batch_size 10 --train data/sst-train.txt --dev data/sst-dev.txt --test data/sst-test.txt --label-names data/sst-label-mapping.json --dev_out sst-dev-prompting-output.txt --test_out sst-test-prompting-output.txt
+    python run_llama.py --option finetune --epochs 5 --lr 2e-5 --batch_size 80 --train data/sst-train.txt --dev data/sst-dev.txt --test data/sst-test.txt --label-names data/sst-label-mapping.json --dev_out sst-dev-finetuning-output.txt --test_out sst-test-finetuning-output.txt
+    {lora}
+Run the same with the `cfimdb` files (`--batch_size 10` for fine-tuning). `data/cfimdb-test.txt`
+has placeholder labels, so its accuracy means nothing.
+
+## Submitting
+
+    python prepare_submit.py . ANDREWID       # writes ANDREWID.zip and checks it
+    python prepare_submit.py ANDREWID.zip ANDREWID
+
+The zip holds one folder named after your Andrew ID with your code and output files, at most 10 MB
+(no checkpoints: link to them in your report if you need to).
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, help="where to write the student repository (must not exist or be empty)")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="layernorm",
+                        help="the course flavour (default: layernorm)")
+    parser.add_argument("--assets", type=Path, default=None,
+                        help="folder with the grader reference files (default: repository root, "
+                             "$MINLLAMA_ASSETS/reference, ../shared/assets/reference)")
+    parser.add_argument("--list-regions", action="store_true", help="print the solution regions and exit")
+    args = parser.parse_args()
+    try:
+        if args.list_regions:
+            for region in all_regions():
+                print(f"{region.id}  (lines {region.begin}-{region.end})")
+            return 0
+        blanked = build(args.out_dir, args.variant, assets=args.assets)
+    except SkeletonError as err:
+        print(f"make_skeleton: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote the {args.variant} skeleton to {args.out_dir}: {len(blanked)} pieces to implement")
+    for region in blanked:
+        print(f"  {region.id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

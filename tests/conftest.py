@@ -2,20 +2,17 @@
 
 An asset is looked for, in order, in the repository root (where setup.sh puts it, in the
 upstream layout), in $MINLLAMA_ASSETS and in ../shared/assets beside the repository (both
-laid out like shared/assets). A test whose asset is absent is skipped on a laptop, but fails
-when the environment variable CI is set: CI must never pass by silently skipping.
+laid out like shared/assets). A test whose asset (or test-only package) is absent is skipped on a
+laptop, but fails when the environment variable CI is set: CI must never pass by silently skipping.
 """
 
+import importlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # the modules live flat in the repository root
-
-from utils import smollm2_gguf_path  # noqa: E402
+from utils import REPO_ROOT, smollm2_gguf_path  # importable from the root: pytest.ini sets pythonpath
 
 
 def asset_dirs() -> list[Path]:
@@ -35,7 +32,16 @@ def skip_or_fail(reason: str):
     """Skip locally; fail under CI, where every asset must be present."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)  # also from a test module's imports
+
+
+def require_module(name: str):
+    """Import a test-only dependency (e.g. transformers, from requirements-dev.txt), skipping the
+    test without it locally and failing under CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_or_fail(f"{name} is not installed: bash setup.sh --dev")
 
 
 @pytest.fixture(scope="session")

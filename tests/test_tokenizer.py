@@ -1,0 +1,139 @@
+"""Tests for tokenizer.py: Llama 2's SentencePiece model against sentencepiece itself, and the
+byte-level BPE rebuilt from SmolLM2's GGUF metadata against transformers' tokenizer read from
+the same file. Real sentences from the course data, plus non-ASCII text."""
+
+import gguf
+import pytest
+import sentencepiece
+import torch
+
+from checkpoints import CheckpointError
+from conftest import require_module
+from tokenizer import Tokenizer, tokenizer_for_checkpoint
+from utils import MissingAssetError
+
+NON_ASCII = [
+    "Café crème brûlée, naïve façade.",
+    "Über Größe und Übermut: schön!",
+    "The movie was 😀 great 🎬🍿 !!",
+    "東京タワーは美しい。这部电影很好看。",
+    "Ελληνικά και русский текст",
+    "  leading spaces, trailing space ",
+    "tabs\tand\nnew lines\n\nhere",
+    "It's I'll we've they're don't",
+]
+
+
+def sst_sentences(path, count=40) -> list[str]:
+    """The first `count` sentences of an SST split (`LABEL ||| SENTENCE` lines)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.split("|||", 1)[1].strip() for line, _ in zip(f, range(count))]
+
+
+# --- SentencePiece ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(tokenizer_model_path):
+    return Tokenizer(tokenizer_model=tokenizer_model_path)
+
+
+def test_sentencepiece_ids_match_sentencepiece(llama_tokenizer, tokenizer_model_path, sst_dev_path):
+    reference = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer_model_path))
+    for text in sst_sentences(sst_dev_path) + NON_ASCII:
+        expected = reference.encode(text)
+        assert llama_tokenizer.encode(text, bos=False, eos=False) == expected, text
+        assert llama_tokenizer.encode(text, bos=True, eos=True) == [1] + expected + [2], text
+
+
+def test_sentencepiece_special_ids(llama_tokenizer):
+    assert (llama_tokenizer.bos_id, llama_tokenizer.eos_id, llama_tokenizer.n_words) == (1, 2, 32000)
+    assert llama_tokenizer.pad_id == 3  # the byte piece <0x00>
+
+
+def test_sentencepiece_decode_round_trip(llama_tokenizer, sst_dev_path):
+    for text in sst_sentences(sst_dev_path) + NON_ASCII:
+        ids = llama_tokenizer.encode(text, bos=True, eos=True)
+        assert llama_tokenizer.decode(ids) == text, text
+
+
+def test_max_len_keeps_the_first_ids(tokenizer_model_path):
+    text = "a fairly long sentence that certainly needs more than eight tokens to encode"
+    full = Tokenizer(tokenizer_model=tokenizer_model_path).encode(text, bos=True, eos=True)
+    short = Tokenizer(max_len=8, tokenizer_model=tokenizer_model_path).encode(text, bos=True, eos=True)
+    assert len(full) > 8 and short == full[:8]
+
+
+def test_missing_default_model_says_how_to_get_it(monkeypatch, tmp_path):
+    import tokenizer
+    from utils import REPO_ROOT
+    assert tokenizer.TOKENIZER_MODEL == REPO_ROOT / "tokenizer.model"  # where setup.sh puts it
+    monkeypatch.setattr(tokenizer, "TOKENIZER_MODEL", tmp_path / "tokenizer.model")
+    with pytest.raises(MissingAssetError) as error:
+        Tokenizer()
+    assert str(tmp_path / "tokenizer.model") in str(error.value) and "setup.sh" in str(error.value)
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(MissingAssetError, match="nowhere.model"):
+        Tokenizer(tokenizer_model=tmp_path / "nowhere.model")
+
+
+def test_not_a_tokenizer(tmp_path):
+    path = tmp_path / "garbage.model"
+    path.write_bytes(b"this is not a sentencepiece model" * 10)
+    with pytest.raises(ValueError, match="garbage.model"):
+        Tokenizer(tokenizer_model=path)
+
+
+# --- GGUF byte-level BPE ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def transformers_smollm2_tokenizer(smollm2_path):
+    transformers = require_module("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)
+
+
+def test_gguf_ids_match_transformers(smollm2_tokenizer, transformers_smollm2_tokenizer, sst_dev_path):
+    texts = sst_sentences(sst_dev_path) + NON_ASCII + ["<|im_start|>user\nHi there!<|im_end|>"]
+    for text in texts:
+        expected = transformers_smollm2_tokenizer.encode(text, add_special_tokens=False)
+        assert smollm2_tokenizer.encode(text, bos=False, eos=False) == expected, text
+
+
+def test_gguf_digits_are_split_like_llama_cpp(smollm2_tokenizer):
+    """SmolLM2's pre-tokenizer ("smollm") isolates every digit before GPT-2's split, as llama.cpp
+    and SmolLM2's own tokenizer.json do. (transformers' GGUF reader applies GPT-2's split only,
+    so " 5" after a space differs there: it gives "Ġ", "Ġ", "5" where we give "ĠĠ", "5".)"""
+    ids = smollm2_tokenizer.encode("x  5 2024", bos=False, eos=False)
+    pieces = [smollm2_tokenizer.decode([i]) for i in ids]
+    assert pieces == ["x", "  ", "5", " ", "2", "0", "2", "4"]
+
+
+def test_gguf_special_ids_and_decode(smollm2_tokenizer, sst_dev_path):
+    tok = smollm2_tokenizer
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.n_words) == (1, 2, 2, 49152)
+    for text in sst_sentences(sst_dev_path) + NON_ASCII:
+        ids = tok.encode(text, bos=True, eos=True)
+        assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+        assert tok.decode(ids) == text  # byte-level BPE is lossless; special tokens are dropped
+
+
+def test_tokenizer_for_checkpoint(smollm2_path, tokenizer_model_path, monkeypatch, tmp_path):
+    import tokenizer
+    assert tokenizer_for_checkpoint(smollm2_path).n_words == 49152
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model_args": {}, "model": {}}, checkpoint)  # its content does not matter here
+    monkeypatch.setattr(tokenizer, "TOKENIZER_MODEL", tokenizer_model_path)
+    llama = tokenizer_for_checkpoint(checkpoint, max_len=5)
+    assert llama.n_words == 32000 and llama.max_len == 5
+
+
+def test_gguf_without_tokenizer_is_refused(tmp_path):
+    path = tmp_path / "bare.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match=r"bare\.gguf.*tokenizer\.ggml\.model"):
+        Tokenizer(tokenizer_model=path)

@@ -1,0 +1,97 @@
+"""Generation speed: ours against transformers' LlamaForCausalLM.generate, same weights.
+
+    python bench/generate.py            # CPU, stories42M shape, random weights
+    python bench/generate.py --device cuda --bf16
+
+Greedy decoding with a key/value cache, batch 1 and a batch of prompts of different
+lengths (left-padded, with an attention mask). Both implementations run in this process,
+alternating, and must produce the same tokens.
+"""
+
+import argparse
+
+import torch
+
+import common
+
+
+def matmuls_alone(model, n: int, batch: int):
+    """What decoding cannot avoid: every weight matrix times `batch` vectors, n times. Batch 1
+    reads all ~170 MB of float32 weights per token, which bounds any implementation's speed;
+    a batch shares that read, and how well it scales depends on the BLAS's small-matrix kernels."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    vectors = {m.in_features: torch.randn(batch, m.in_features, device=model.device) for m in linears}
+    with torch.inference_mode():
+        for _ in range(n):
+            for linear in linears:
+                linear(vectors[linear.in_features])
+
+
+def main():
+    parser = common.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--prompt-len", type=int, default=32, help="longest prompt, in tokens")
+    parser.add_argument("--batch", type=int, default=8, help="prompts in the batched run")
+    parser.add_argument("--no-transformers", action="store_true", help="time ours only")
+    args = parser.parse_args()
+    device = common.setup(args)
+    n = args.new_tokens
+
+    model = common.random_model(common.stories42m_config()).to(device)
+    torch.manual_seed(1)
+    one_prompt = torch.randint(3, model.config.vocab_size, (1, args.prompt_len), device=device)
+    # A batch of prompts of lengths prompt_len/2 .. prompt_len, left-padded with 0.
+    lengths = torch.linspace(args.prompt_len // 2, args.prompt_len, args.batch).long().tolist()
+    prompts = torch.zeros(args.batch, args.prompt_len, dtype=torch.long, device=device)
+    mask = torch.zeros_like(prompts)
+    for row, length in enumerate(lengths):
+        prompts[row, -length:] = torch.randint(3, model.config.vocab_size, (length,))
+        mask[row, -length:] = 1
+
+    def ours(idx, attention_mask=None):
+        with common.autocast(args, device):
+            return model.generate(idx, n, temperature=0.0, attention_mask=attention_mask)
+
+    candidates = {"matmuls alone, batch 1 (floor)": lambda: matmuls_alone(model, n, 1),
+                  f"matmuls alone, batch {args.batch} (floor)": lambda: matmuls_alone(model, n, args.batch),
+                  "ours, batch 1": lambda: ours(one_prompt),
+                  f"ours, batch {args.batch}": lambda: ours(prompts, mask)}
+    hf = None
+    if not args.no_transformers:
+        try:
+            hf = common.to_transformers(model)
+        except ImportError:
+            print("transformers is not installed: timing ours only")
+    if hf is not None:
+        def theirs(idx, attention_mask=None):
+            with torch.inference_mode(), common.autocast(args, device):
+                return hf.generate(idx, attention_mask=attention_mask, max_new_tokens=n, min_new_tokens=n,
+                                   do_sample=False, use_cache=True, pad_token_id=0)
+        candidates["transformers, batch 1"] = lambda: theirs(one_prompt)
+        candidates[f"transformers, batch {args.batch}"] = lambda: theirs(prompts, mask)
+        same = torch.equal(ours(one_prompt), theirs(one_prompt)) and torch.equal(ours(prompts, mask),
+                                                                                 theirs(prompts, mask))
+
+    seconds = common.compare(candidates, device, args.repeats)
+    tokens = {name: n * (1 if "batch 1" in name else args.batch) for name in candidates}
+    rate = {name: tokens[name] / seconds[name] for name in candidates}
+    rows = [[name, f"{seconds[name]:.2f}", f"{rate[name]:.1f}"] for name in candidates]
+    floor_1, floor_b = rate["matmuls alone, batch 1 (floor)"], rate[f"matmuls alone, batch {args.batch} (floor)"]
+    footer = [f"batch {args.batch} vs batch 1 (ours): "
+              + common.verdict(rate[f"ours, batch {args.batch}"] / rate["ours, batch 1"], 4),
+              f"batch {args.batch} vs batch 1 (matmuls alone, the BLAS's own scaling): {floor_b / floor_1:.2f}x",
+              f"ours reaches {rate['ours, batch 1'] / floor_1:.0%} of the batch-1 floor, "
+              f"{rate[f'ours, batch {args.batch}'] / floor_b:.0%} of the batch-{args.batch} floor"]
+    if hf is not None:
+        footer.insert(0, "ours vs transformers, batch 1: "
+                      + common.verdict(rate["ours, batch 1"] / rate["transformers, batch 1"], 2.5))
+        footer.insert(1, f"ours vs transformers, batch {args.batch}: {rate[f'ours, batch {args.batch}'] / rate[f'transformers, batch {args.batch}']:.2f}x")
+        footer.append(f"same greedy tokens as transformers: {'yes' if same else 'NO'}")
+    footer.append(f"machine: {common.machine(device)}")
+    common.print_table(f"Greedy generation, {n} new tokens, stories42M shape, prompts of "
+                       f"{args.prompt_len // 2}..{args.prompt_len} tokens, median of {args.repeats}",
+                       ["run", "seconds", "tokens/s"], rows, footer)
+
+
+if __name__ == "__main__":
+    main()

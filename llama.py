@@ -250,6 +250,10 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, epsilon: f
     The most likely token always survives, and what is left is renormalised and sampled.
     """
     # BEGIN SOLUTION
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
     probabilities = F.softmax(logits.float() / temperature, dim=-1)  # (B, V)
@@ -321,7 +325,7 @@ class Llama(LlamaPreTrainedModel):
         return logits, h
         # END SOLUTION
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: generated tokens may feed a later training step
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, epsilon: float = 0.05,
                  top_k: int | None = None, top_p: float | None = None, stop_tokens=None,
                  attention_mask: torch.Tensor | None = None, use_cache: bool = True) -> torch.Tensor:

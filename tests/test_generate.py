@@ -253,3 +253,20 @@ def test_epsilon_zero_is_plain_temperature_sampling(temperature):
     torch.manual_seed(99)
     expected = torch.multinomial(F.softmax(logits / temperature, dim=-1), num_samples=1)
     assert torch.equal(tokens, expected)
+
+
+def test_generated_tokens_can_train_the_model():
+    """generate runs under no_grad, not inference_mode: its output may feed a training step."""
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, max_seq_len=16))
+    tokens = model.generate(torch.randint(0, 50, (1, 3)), 4, temperature=0)
+    logits, _ = model(tokens, targets=tokens)
+    logits.sum().backward()
+    assert model.tok_embeddings.weight.grad is not None
+
+
+@pytest.mark.parametrize("bad", [dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
+def test_sample_next_token_rejects_bad_filters(bad):
+    """top_k < 1 or top_p outside (0, 1] would keep nothing: a clear ValueError instead."""
+    with pytest.raises(ValueError, match="top_"):
+        sample_next_token(torch.randn(2, 10), **bad)

@@ -97,6 +97,12 @@ class KVCache:
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
+    def repeat_interleave(self, repeats: int) -> None:
+        """Give every batch row `repeats` consecutive copies (row b becomes rows b*repeats ..
+        b*repeats + repeats-1), e.g. to continue one encoded prompt in several ways."""
+        self.keys = self.keys.repeat_interleave(repeats, dim=0)
+        self.values = self.values.repeat_interleave(repeats, dim=0)
+
 
 class Attention(nn.Module):
     """Causal multi-head self-attention (Vaswani et al. 2017, Sec. 3.2) with grouped-query

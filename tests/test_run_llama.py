@@ -1,0 +1,294 @@
+"""Tests for run_llama.py: every option end to end through the command line (a tiny random
+model and slices of the real data; SmolLM2 for zero-shot prompting), determinism, padding
+invariance, and every bad input with its message. The bad-input cases call main() in-process
+(same code path as the command line, without paying Python's start-up for each)."""
+
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_llama
+from config import LlamaConfig
+from llama import Llama
+from tokenizer import Tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random Llama with Llama 2's vocabulary and a short context, in the course .pt format."""
+    def save(name, **overrides):
+        torch.manual_seed(0)
+        config = LlamaConfig(**{**dict(vocab_size=32000, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                       max_seq_len=96), **overrides})
+        path = tmp_path_factory.mktemp("models") / name
+        torch.save({"model_args": config.to_dict(), "model": Llama(config).state_dict()}, path)
+        return path
+    return save
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny):
+    return tiny("tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, asset):
+    """Slices of the real data files: SST train (all five labels), dev and test; the real mappings."""
+    folder = tmp_path_factory.mktemp("data")
+    slices = {"sst-dev.txt": 12, "sst-test.txt": 9, "cfimdb-dev.txt": 6, "cfimdb-test.txt": 5}
+    for name, n in slices.items():
+        lines = asset(f"data/{name}").read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+        (folder / name).write_text("".join(lines), encoding="utf-8")
+    train, per_label = [], {}  # the first 8 training lines of each label, in file order
+    for line in asset("data/sst-train.txt").read_text(encoding="utf-8").splitlines(keepends=True):
+        label = line.split(" ||| ")[0]
+        if per_label.get(label, 0) < 8:
+            per_label[label] = per_label.get(label, 0) + 1
+            train.append(line)
+    assert len(train) == 40
+    (folder / "sst-train.txt").write_text("".join(train), encoding="utf-8")
+    for name in ("sst-label-mapping.json", "cfimdb-label-mapping.json"):
+        (folder / name).write_bytes(asset(f"data/{name}").read_bytes())
+    return folder
+
+
+def sst_args(data, model, tokenizer_model_path, *extra):
+    return ["--train", str(data / "sst-train.txt"), "--dev", str(data / "sst-dev.txt"),
+            "--test", str(data / "sst-test.txt"), "--label-names", str(data / "sst-label-mapping.json"),
+            "--pretrained-model-path", str(model), "--tokenizer", str(tokenizer_model_path), *extra]
+
+
+def run_cli(args, cwd) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "run_llama.py"), *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def check_predictions(path, data_path, num_labels):
+    """One `PRED ||| SENTENCE` line per input, in input order, sentences as in the data."""
+    predicted = Path(path).read_text(encoding="utf-8").splitlines()
+    original = Path(data_path).read_text(encoding="utf-8").splitlines()
+    assert len(predicted) == len(original)
+    for line, source in zip(predicted, original):
+        label, sentence = line.split(" ||| ")
+        assert int(label) in range(num_labels)
+        assert sentence == source.split(" ||| ", 1)[1].strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end through the command line
+
+
+def test_prompt_end_to_end(tmp_path, data, tiny_model, tokenizer_model_path):
+    result = run_cli(["--option", "prompt", *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_predictions(tmp_path / "sst-dev-prompting-output.txt", data / "sst-dev.txt", 5)
+    check_predictions(tmp_path / "sst-test-prompting-output.txt", data / "sst-test.txt", 5)
+    assert "dev acc :: " in result.stdout and "test acc :: " in result.stdout
+    summary = json.loads((tmp_path / "sst-prompting-output.json").read_text())
+    assert summary["dev"]["examples"] == 12 and 0 <= summary["dev"]["accuracy"] <= 1
+
+
+def test_prompt_predictions_do_not_depend_on_batch_mates(tmp_path, data, tiny_model, tokenizer_model_path):
+    outputs = []
+    for batch_size in (1, 5):
+        out = tmp_path / f"bs{batch_size}.txt"
+        result = run_cli(["--option", "prompt", "--batch_size", batch_size, "--skip_test", "--dev_out", out,
+                          *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
+        assert result.returncode == 0, result.stderr
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1]
+
+
+def test_prompt_with_smollm2(tmp_path, data, smollm2_path):
+    """The real model brings its own tokenizer; the CFIMDB test labels are placeholders."""
+    result = run_cli(["--option", "prompt", "--pretrained-model-path", smollm2_path,
+                      "--train", data / "sst-train.txt", "--dev", data / "cfimdb-dev.txt",
+                      "--test", data / "cfimdb-test.txt", "--label-names", data / "cfimdb-label-mapping.json",
+                      "--max_sentence_len", 64],  # reviews run to a thousand tokens: keep the test fast
+                     tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_predictions(tmp_path / "cfimdb-dev-prompting-output.txt", data / "cfimdb-dev.txt", 2)
+    check_predictions(tmp_path / "cfimdb-test-prompting-output.txt", data / "cfimdb-test.txt", 2)
+    assert "dev acc :: " in result.stdout
+    assert "test acc ::" not in result.stdout and "placeholders" in result.stdout
+
+
+def test_finetune_end_to_end_and_deterministic(tmp_path, data, tiny_model, tokenizer_model_path):
+    runs = []
+    for name in ("a", "b"):
+        result = run_cli(["--option", "finetune", "--epochs", 2, "--lr", 1e-3, "--out_dir", name,
+                          *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
+        assert result.returncode == 0, result.stderr
+        runs.append(tmp_path / name)
+    assert "epoch 0: train loss :: " in result.stdout and "epoch 1: train loss :: " in result.stdout
+    for split, source in (("dev", "sst-dev.txt"), ("test", "sst-test.txt")):
+        check_predictions(runs[0] / f"sst-{split}-finetuning-output.txt", data / source, 5)
+        assert ((runs[0] / f"sst-{split}-finetuning-output.txt").read_text()
+                == (runs[1] / f"sst-{split}-finetuning-output.txt").read_text())
+
+    checkpoint = torch.load(runs[0] / "finetune-2-0.001.pt", weights_only=True)
+    assert "classifier_head.weight" in checkpoint["model"] and "llama.tok_embeddings.weight" in checkpoint["model"]
+    assert checkpoint["model_config"]["dim"] == 32 and checkpoint["args"]["lr"] == 1e-3
+    summary = json.loads((runs[0] / "sst-finetuning-output.json").read_text())
+    assert len(summary["epochs"]) == 2 and summary["trainable_fraction"] == 1.0
+    assert summary["dev"]["accuracy"] == summary["epochs"][summary["best_epoch"]]["dev_acc"]
+
+
+def test_lora_trains_and_saves_only_adapters_and_head(tmp_path, data, tiny_model, tokenizer_model_path):
+    result = run_cli(["--option", "lora", "--epochs", 1, "--lr", 1e-3, "--lora_alpha", 4, "--save_merged",
+                      *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_predictions(tmp_path / "sst-dev-lora-output.txt", data / "sst-dev.txt", 5)
+    assert "trainable parameters: " in result.stdout
+    checkpoint = torch.load(tmp_path / "lora-1-0.001.pt", weights_only=True)
+    names = set(checkpoint["model"])
+    assert names and all("lora_" in name or name.startswith("classifier_head.") for name in names)
+    assert {"classifier_head.weight", "classifier_head.bias"} <= names
+    assert checkpoint["lora"] == {"rank": 4, "alpha": 4.0}
+    merged = torch.load(tmp_path / "lora-1-0.001.merged.pt", weights_only=True)
+    assert not any("lora_" in name for name in merged["model"])
+
+    from llama import load_pretrained
+    load_pretrained(tmp_path / "lora-1-0.001.merged.pt")  # a plain checkpoint again
+
+
+def test_generate_writes_both_temperatures(tmp_path, tiny_model, tokenizer_model_path):
+    result = run_cli(["--option", "generate", "--pretrained-model-path", tiny_model,
+                      "--tokenizer", tokenizer_model_path], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"):
+        text = (tmp_path / name).read_text()
+        assert text.startswith(run_llama.GENERATION_PROMPT) and len(text) > len(run_llama.GENERATION_PROMPT)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: a specific message, a non-zero exit, no traceback
+
+
+def bad_line(tmp_path, name, line):
+    path = tmp_path / name
+    path.write_text(line, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("content, message", [
+    ("3 | a sentence without the separator\n", r"bad\.txt:1: expected 'LABEL \|\|\| SENTENCE'"),
+    ("three ||| a sentence\n", r"bad\.txt:1: the label 'three' is not an integer"),
+    ("7 ||| a sentence\n", r"bad\.txt:1: label 7 is outside the label mapping"),
+    ("", r"bad\.txt: the data file is empty"),
+])
+def test_bad_dev_file(tmp_path, capsys, data, tiny_model, tokenizer_model_path, content, message):
+    bad = bad_line(tmp_path, "bad.txt", content)
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "prompt", "--dev", str(bad),
+                    "--out_dir", str(tmp_path))
+    assert run_llama.main(args) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+
+
+def expect_error(capsys, args, message):
+    assert run_llama.main([str(a) for a in args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_missing_files(tmp_path, capsys, data, tiny_model, tokenizer_model_path):
+    base = sst_args(data, tiny_model, tokenizer_model_path, "--option", "prompt", "--out_dir", str(tmp_path))
+    expect_error(capsys, [*base, "--dev", tmp_path / "nope.txt"], "data file not found: ")
+    expect_error(capsys, [*base, "--label-names", tmp_path / "nope.json"], "label mapping not found: ")
+    expect_error(capsys, [*base, "--pretrained-model-path", tmp_path / "nope.pt"], "checkpoint not found: ")
+
+
+def test_label_mapping_that_disagrees_with_the_training_labels(tmp_path, capsys, data, tiny_model,
+                                                                tokenizer_model_path):
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "finetune", "--out_dir", str(tmp_path),
+                    "--dev", str(data / "cfimdb-dev.txt"), "--label-names", str(data / "cfimdb-label-mapping.json"))
+    expect_error(capsys, args, "sst-train.txt:")  # SST's label 4 is outside a two-label mapping
+    two_label_train = bad_line(tmp_path, "train.txt", "0 ||| bad\n1 ||| fine\n")
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "finetune", "--out_dir", str(tmp_path),
+                    "--train", str(two_label_train))
+    expect_error(capsys, args, "names 5 labels, but the training labels")
+
+
+def test_tokenizer_that_does_not_fit_the_model(tmp_path, capsys, data, tiny, tokenizer_model_path):
+    small_vocab = tiny("vocab1000.pt", vocab_size=1000)
+    args = sst_args(data, small_vocab, tokenizer_model_path, "--option", "prompt", "--out_dir", str(tmp_path))
+    expect_error(capsys, args, "has 32000 tokens but the model")
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")
+def test_gpu_asked_for_but_absent(tmp_path, capsys, data, tiny_model, tokenizer_model_path):
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "prompt", "--use_gpu")
+    expect_error(capsys, args, "--use_gpu was given, but PyTorch sees no GPU")
+
+
+def test_nan_loss_stops_and_keeps_the_best_checkpoint(tmp_path, capsys, monkeypatch, data, tiny_model,
+                                                      tokenizer_model_path):
+    """The second epoch's first step returns a NaN loss: the run stops with the epoch-0 checkpoint."""
+    calls, objective = [], run_llama.classification_objective
+
+    def diverging(model, *batch):
+        calls.append(1)
+        loss, predictions = objective(model, *batch)
+        return (loss * float("nan") if len(calls) > 5 else loss), predictions  # 40 lines / 8 = 5 steps
+
+    monkeypatch.setattr(run_llama, "classification_objective", diverging)
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "finetune", "--epochs", "3",
+                    "--out_dir", str(tmp_path))
+    expect_error(capsys, args, "the training loss became nan at epoch 1, step 0")
+    assert (tmp_path / "finetune-3-2e-05.pt").is_file()
+    assert not (tmp_path / "sst-dev-finetuning-output.txt").exists()
+
+
+def test_long_inputs_are_truncated_with_a_count(tmp_path, capsys, data, tiny_model, tokenizer_model_path):
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "prompt", "--out_dir", str(tmp_path),
+                    "--dev", str(data / "cfimdb-dev.txt"), "--label-names", str(data / "cfimdb-label-mapping.json"),
+                    "--skip_test")
+    assert run_llama.main(args) == 0
+    assert "warning: 6 of 6 inputs in dev were longer than the model's context (95 tokens)" in capsys.readouterr().out
+    check_predictions(tmp_path / "cfimdb-dev-prompting-output.txt", data / "cfimdb-dev.txt", 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces
+
+
+def test_max_sentence_len_cuts_the_sentence_not_the_question(tokenizer_model_path):
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model_path)
+    example = run_llama.Example(1, "one two three four five six", "x:1")
+    question = [11, 12, 13]
+    sentence = tokenizer.encode(example.sentence, bos=False, eos=False)
+    encoded = run_llama.encode_examples([example], tokenizer, 100, question, max_sentence_len=2)
+    assert encoded == [[tokenizer.bos_id] + sentence[:2] + question]
+    encoded = run_llama.encode_examples([example], tokenizer, 6, question)  # context: room for 2 tokens
+    assert encoded == [[tokenizer.bos_id] + sentence[:2] + question]
+
+
+def test_length_sorted_batches_cover_every_example_once_and_cut_padding():
+    lengths = [random.Random(i).randint(1, 100) for i in range(500)]
+    for rng in (None, random.Random(1)):
+        batches = run_llama.length_sorted_batches(lengths, 8, rng)
+        assert sorted(i for batch in batches for i in batch) == list(range(500))
+        assert all(len(batch) <= 8 for batch in batches)
+        unsorted = [list(range(i, min(i + 8, 500))) for i in range(0, 500, 8)]
+        assert run_llama.padding_fraction(lengths, batches) < run_llama.padding_fraction(lengths, unsorted) / 3
+    assert (run_llama.length_sorted_batches(lengths, 8, random.Random(1))
+            == run_llama.length_sorted_batches(lengths, 8, random.Random(1)))
+
+
+def test_placeholder_labels_and_dataset_names():
+    examples = [run_llama.Example(0, "a", "f:1"), run_llama.Example(0, "b", "f:2")]
+    assert run_llama.has_placeholder_labels(examples)
+    assert not run_llama.has_placeholder_labels(examples + [run_llama.Example(1, "c", "f:3")])
+    assert run_llama.dataset_name("data/sst-dev.txt") == "sst"
+    assert run_llama.dataset_name("/x/cfimdb-train.txt") == "cfimdb"

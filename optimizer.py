@@ -21,8 +21,9 @@ step, small but visible in the reference values of optimizer_test.py.)
 
 Optionally each parameter group's gradients are first clipped to a global L2 norm of
 at most `max_grad_norm`, as torch.nn.utils.clip_grad_norm_ does (the 2025 CMU variant
-of the assignment). There is no learning-rate schedule in here: that is the training
-loop's business.
+of the assignment).
+
+There is no learning-rate schedule in here: that is the training loop's business.
 """
 
 from typing import Callable, Iterable
@@ -49,8 +50,10 @@ def _check_hyperparameters(group: dict) -> None:
 
 
 class AdamW(torch.optim.Optimizer):
-    """Adam with decoupled weight decay and optional per-group gradient clipping (see above).
-    Every hyper-parameter can be set per parameter group, as in any torch.optim optimizer."""
+    """Adam with decoupled weight decay (see above). Every hyper-parameter can be set per
+    parameter group, as in any torch.optim optimizer.
+
+    `max_grad_norm` (None: off) clips each group's gradients before the update (see above)."""
 
     def __init__(
         self,
@@ -75,14 +78,16 @@ class AdamW(torch.optim.Optimizer):
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """Update every parameter that has a gradient, one parameter group at a time.
 
-        For each group: clip the group's gradients to a global norm of `max_grad_norm`
-        (if set); then for each parameter p with gradient g, at step t (counted per
-        parameter, from 1):
+        For each parameter p with gradient g, at step t (counted per parameter, from 1):
             m = beta1 * m + (1 - beta1) * g
             v = beta2 * v + (1 - beta2) * g * g
             step_size = lr * sqrt(1 - beta2^t) / (1 - beta1^t)   (just lr if not correct_bias)
             p = p - step_size * m / (sqrt(v) + eps)
             p = p - lr * weight_decay * p
+
+        If the group sets `max_grad_norm`, its gradients are first scaled together so that
+        their global L2 norm is at most max_grad_norm.
+
         `closure`, if given, re-evaluates the model and returns the loss, which is returned.
         """
         # BEGIN SOLUTION

@@ -27,12 +27,14 @@ VARIANTS = {
 
 
 def train_toy_model(max_grad_norm: float | None, opt_class=AdamW, steps: int = 1000) -> torch.Tensor:
-    """The upstream test: returns the (2, 3) weight after `steps` updates."""
+    """The upstream test: returns the (2, 3) weight after `steps` updates.
+
+    `max_grad_norm` reaches the optimizer only when set: the LUH course's AdamW has no such parameter."""
     rng = np.random.default_rng(0)
     torch.manual_seed(0)  # fixes the Linear layer's initial weight
     model = torch.nn.Linear(3, 2, bias=False)
-    opt = opt_class(model.parameters(), lr=1e-3, weight_decay=1e-4, correct_bias=True,
-                    max_grad_norm=max_grad_norm)
+    clipping = {} if max_grad_norm is None else {"max_grad_norm": max_grad_norm}
+    opt = opt_class(model.parameters(), lr=1e-3, weight_decay=1e-4, correct_bias=True, **clipping)
     for _ in range(steps):
         opt.zero_grad()
         x = torch.tensor(rng.uniform(size=3), dtype=torch.float32)

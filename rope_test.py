@@ -17,6 +17,14 @@ from rope import apply_rotary_emb
 from utils import REPO_ROOT, MissingAssetError, require_file
 
 
+def rotate_test_input() -> tuple[torch.Tensor, torch.Tensor]:
+    """The upstream test: apply_rotary_emb on its fixed input; returns the rotated (query, key).
+    instructor/make_reference.py writes the reference from this too."""
+    query = 2 * torch.ones(1, 2, 2, 4)  # (batch, seq_len, n_heads, head_dim)
+    key = 3 * torch.ones(1, 2, 2, 4)  # (batch, seq_len, n_kv_heads, head_dim)
+    return apply_rotary_emb(query, key, head_dim=4, max_seq_len=20)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, default=REPO_ROOT / "rotary_embedding_actual.data",
@@ -28,10 +36,7 @@ def main() -> int:
         print(err, file=sys.stderr)
         return 1
     expected_query, expected_key = torch.load(reference, weights_only=True)
-
-    query = 2 * torch.ones(1, 2, 2, 4)  # (batch, seq_len, n_heads, head_dim)
-    key = 3 * torch.ones(1, 2, 2, 4)  # (batch, seq_len, n_kv_heads, head_dim)
-    actual_query, actual_key = apply_rotary_emb(query, key, head_dim=4, max_seq_len=20)
+    actual_query, actual_key = rotate_test_input()
 
     ok = True
     for name, actual, expected in (("query", actual_query, expected_query), ("key", actual_key, expected_key)):

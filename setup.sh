@@ -51,8 +51,9 @@ CMU="https://raw.githubusercontent.com/cmu-l3/anlp-fall2025-hw1/main"
 
 # One line per asset: path in the repository | path in a mirror | required or optional | upstream
 # URLs, tried in order. The expected SHA-256 of every checksummed asset is in assets.sha256.
-# Both courses publish their references under the same names (optimizer_test.npy, sanity_check.data)
-# with different contents: we keep both under explicit names.
+# Both courses publish their grader references under the same names (optimizer_test.npy,
+# sanity_check.data) with different contents: the solution keeps both under explicit names; a course's
+# student repository (instructor/make_skeleton.py) lists only its own, under the upstream names.
 ASSETS="
 data/sst-train.txt|data/sst-train.txt|required|$NEUBIG/data/sst-train.txt $CMU/data/sst-train.txt
 data/sst-dev.txt|data/sst-dev.txt|required|$NEUBIG/data/sst-dev.txt $CMU/data/sst-dev.txt

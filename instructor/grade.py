@@ -52,7 +52,7 @@ REPO_ROOT = INSTRUCTOR_DIR.parent
 
 # The instructor's copies of the checks, run against the submission's modules.
 HARNESS_FILES = [REPO_ROOT / "rope_test.py", REPO_ROOT / "optimizer_test.py", REPO_ROOT / "sanity_check.py",
-                 INSTRUCTOR_DIR / "make_reference.py", INSTRUCTOR_DIR / "grader_probe.py"]
+                 INSTRUCTOR_DIR / "grader_probe.py"]
 # Modules students do not write: taken from the solution when a submission lacks them.
 SUPPORT_MODULES = ["config.py", "base_llama.py", "utils.py", "checkpoints.py", "tokenizer.py"]
 

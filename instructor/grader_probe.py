@@ -28,8 +28,8 @@ def main() -> None:
     import numpy as np
 
     if args.check == "rope":
-        from make_reference import rope_reference
-        query, key = rope_reference()
+        from rope_test import rotate_test_input
+        query, key = rotate_test_input()
         outputs = {"query": query, "key": key}
     elif args.check == "optimizer":
         from optimizer_test import train_toy_model

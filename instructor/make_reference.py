@@ -7,8 +7,8 @@ Writes, into --out (default: the repository root, where the checks read them):
 and, with --checkpoint, the forward-pass reference of sanity_check.py for every --norm:
   sanity_check_{rmsnorm,layernorm}.data   {"logits": (2, 1, V), "hidden_states": (2, 8, dim)}
 
-The procedures are the checks' own (optimizer_test.train_toy_model, sanity_check.compute_outputs),
-so a reference and its check cannot drift apart. With the course's stories42M.pt the RoPE and
+The procedures are the checks' own (rope_test.rotate_test_input, optimizer_test.train_toy_model,
+sanity_check.compute_outputs), so a reference and its check cannot drift apart. With the course's stories42M.pt the RoPE and
 optimizer files equal the upstream ones (tests/test_instructor.py says so); with any other
 checkpoint the sanity files are references for that checkpoint, e.g. a small one for tests.
 """
@@ -23,23 +23,18 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ROPE_REFERENCE = "rotary_embedding_actual.data"
 
-# The modules under test are imported where they are used, from whatever sys.path holds: the
-# solution when this runs as a script, a submission's code when grade.py's probe imports this.
-
-
-def rope_reference() -> tuple[torch.Tensor, torch.Tensor]:
-    """The rotated (query, key) of rope_test.py's input: 2s and 3s, (1, 2, 2, 4), head_dim 4, max_seq_len 20."""
-    from rope import apply_rotary_emb
-    return apply_rotary_emb(2 * torch.ones(1, 2, 2, 4), 3 * torch.ones(1, 2, 2, 4), head_dim=4, max_seq_len=20)
+# The checks are imported where they are used: run as a script, main() first puts the repository
+# root on sys.path.
 
 
 def write_references(out: Path, checkpoint: Path | None = None, norms=()) -> list[Path]:
     """Write the reference files into `out`; returns their paths."""
     from optimizer_test import VARIANTS, train_toy_model
+    from rope_test import rotate_test_input
     from sanity_check import REFERENCES, compute_outputs
     out.mkdir(parents=True, exist_ok=True)
     written = [out / ROPE_REFERENCE]
-    torch.save(rope_reference(), written[0])
+    torch.save(rotate_test_input(), written[0])
     for filename, max_grad_norm in VARIANTS.values():
         written.append(out / filename)
         np.save(written[-1], train_toy_model(max_grad_norm).numpy().astype(np.float32))

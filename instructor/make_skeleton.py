@@ -12,14 +12,19 @@ the same indentation, so the signature and the docstring that teaches the piece 
 named by its file and the function around it, e.g. `llama.py:RMSNorm._norm`.
 
 A course *variant* is more than a set of regions (see VARIANTS):
-  rmsnorm    the LUH course: RMSNorm, plain temperature sampling (epsilon defaults to 0), AdamW
-             checked without gradient clipping, no lora.py and no `--option lora`
+  rmsnorm    the LUH course: RMSNorm, generate(idx, max_new_tokens, temperature) with plain
+             temperature sampling (epsilon defaults to 0), AdamW without `max_grad_norm`, no
+             lora.py and no `--option lora`
   layernorm  the 2025 CMU course: LayerNorm by default, LoRA, epsilon sampling, clipping
 Each variant ships its grader reference files under the upstream names (`optimizer_test.npy`,
-`sanity_check.data`) and rewrites a few constants and defaults so its checks use them. Those
-rewrites are made on the syntax tree's positions (module/class constants, parameter defaults,
-argparse choices), never on raw text, and a rewrite whose target is missing is an error: when a
-source file changes shape, this tool says so instead of shipping a half-rewritten file.
+`sanity_check.data`), lists exactly those in its setup.sh asset table and assets.sha256 (so that
+setup.sh lays out and verifies the course's own files), and rewrites a few constants, defaults,
+parameters and statements so its code and checks match the course. The Python rewrites are made
+on the syntax tree's positions (constants, parameter defaults, argparse choices, a parameter, a
+keyword argument, the statements using a name, docstring paragraphs), never by searching raw
+text; they see the whole solution, before the regions are blanked. A rewrite whose target is
+missing is an error: when a source file changes shape, this tool says so instead of shipping a
+half-rewritten file.
 
 Lines only one variant should see can also be fenced in the source:
         # BEGIN VARIANT layernorm
@@ -37,6 +42,7 @@ import argparse
 import ast
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -190,32 +196,53 @@ def literal(value) -> str:
     return repr(value)
 
 
-def _replace_node(source: str, node: ast.AST, text: str) -> str:
-    """Replace the source span of `node` by `text`. ast column offsets count UTF-8 bytes."""
-    lines = source.splitlines(keepends=True)
-    start = sum(len(line.encode()) for line in lines[: node.lineno - 1]) + node.col_offset
-    end = sum(len(line.encode()) for line in lines[: node.end_lineno - 1]) + node.end_col_offset
+def _byte_offset(source: str, position: tuple[int, int]) -> int:
+    """The offset in source.encode() of a (line, column) position as ast gives them: 1-based
+    lines, columns counting UTF-8 bytes."""
+    line, column = position
+    return sum(len(text.encode()) for text in source.splitlines(keepends=True)[: line - 1]) + column
+
+
+def _start(node: ast.AST) -> tuple[int, int]:
+    return node.lineno, node.col_offset
+
+
+def _end(node: ast.AST) -> tuple[int, int]:
+    return node.end_lineno, node.end_col_offset
+
+
+def _source_between(source: str, start: tuple[int, int], end: tuple[int, int]) -> str:
+    return source.encode()[_byte_offset(source, start): _byte_offset(source, end)].decode()
+
+
+def _replace_span(source: str, start: tuple[int, int], end: tuple[int, int], text: str) -> str:
+    """Replace the source from position `start` to `end` by `text`."""
     data = source.encode()
-    return (data[:start] + text.encode() + data[end:]).decode()
+    return (data[: _byte_offset(source, start)] + text.encode() + data[_byte_offset(source, end):]).decode()
 
 
-def _scope(tree: ast.Module, qualified: str) -> tuple[list[ast.stmt], str]:
-    """The statements of the class named by all but the last part of `qualified`, and that last part."""
-    *classes, name = qualified.split(".")
-    body = tree.body
-    for class_name in classes:
-        matches = [node for node in body if isinstance(node, ast.ClassDef) and node.name == class_name]
+def _replace_node(source: str, node: ast.AST, text: str) -> str:
+    """Replace the source span of `node` by `text`."""
+    return _replace_span(source, _start(node), _end(node), text)
+
+
+def _definition(tree: ast.Module, qualified: str) -> ast.AST:
+    """The class or function named by a dotted path (e.g. "AdamW.step"); the module for ""."""
+    node = tree
+    for name in filter(None, qualified.split(".")):
+        matches = [child for child in node.body if getattr(child, "name", None) == name
+                   and isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
         if not matches:
-            raise LookupError(f"no class {class_name}")
-        body = matches[0].body
-    return body, name
+            raise LookupError(f"no {qualified}")
+        node = matches[0]
+    return node
 
 
 def set_assignment(qualified: str, value) -> Callable[[str], str]:
     """Rewrite `NAME = ...` (module level) or a class field `Class.NAME: T = ...` to `repr(value)`."""
     def rewrite(source: str) -> str:
-        body, name = _scope(ast.parse(source), qualified)
-        for node in body:
+        scope, _, name = qualified.rpartition(".")
+        for node in _definition(ast.parse(source), scope).body:
             targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
             if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and any(
                     isinstance(t, ast.Name) and t.id == name for t in targets):
@@ -281,6 +308,169 @@ def set_cli_default(flag: str, value) -> Callable[[str], str]:
     return rewrite
 
 
+def drop_parameter(function: str, parameter: str) -> Callable[[str], str]:
+    """Remove one parameter (not the first), with its annotation and default, from a signature."""
+    def rewrite(source: str) -> str:
+        args = _definition(ast.parse(source), function).args
+        positional = args.posonlyargs + args.args
+        defaults = [None] * (len(positional) - len(args.defaults)) + args.defaults
+        # (parameter, the node its text ends with), in source order
+        items = [(arg, default or arg) for arg, default in zip(positional, defaults)]
+        items += [(args.vararg, args.vararg)] if args.vararg else []
+        items += [(arg, default or arg) for arg, default in zip(args.kwonlyargs, args.kw_defaults)]
+        items += [(args.kwarg, args.kwarg)] if args.kwarg else []
+        index = next((i for i, (arg, _) in enumerate(items) if arg.arg == parameter), None)
+        if not index:  # absent, or first: there is no comma before it to take along
+            raise LookupError(f"{function} has no parameter {parameter} after its first")
+        previous, (arg, last) = items[index - 1][1], items[index]
+        if set(_source_between(source, _end(previous), _start(arg))) & set("*/"):
+            raise LookupError(f"{parameter} follows a * or / in {function}")
+        return _replace_span(source, _end(previous), _end(last), "")  # with the comma before it
+    rewrite.description = f"{function} without the parameter {parameter}"
+    return rewrite
+
+
+def drop_keyword(function: str, callee: str, keyword: str) -> Callable[[str], str]:
+    """Remove the argument `keyword=...` (not the first argument) from every call of `callee`
+    (a name or a method) inside `function`."""
+    def calls(source: str) -> list[ast.Call]:
+        return [node for node in ast.walk(_definition(ast.parse(source), function))
+                if isinstance(node, ast.Call) and keyword in (k.arg for k in node.keywords)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == callee]
+
+    def rewrite(source: str) -> str:
+        if not calls(source):
+            raise LookupError(f"no call {callee}(..., {keyword}=...) in {function}")
+        while found := calls(source):  # one at a time, re-parsing: the positions after it move
+            arguments = sorted(found[0].args + found[0].keywords, key=_start)
+            index = next(i for i, node in enumerate(arguments) if getattr(node, "arg", None) == keyword)
+            if index == 0:
+                raise LookupError(f"{keyword}= is the first argument of {callee}(...) in {function}")
+            source = _replace_span(source, _end(arguments[index - 1]), _end(arguments[index]), "")
+        return source
+    rewrite.description = f"{function} without {callee}(..., {keyword}=...)"
+    return rewrite
+
+
+_BLOCKS = ("body", "orelse", "finalbody", "handlers", "cases")  # the statement lists of compound statements
+_NAMED = ((ast.Name, "id"), (ast.Attribute, "attr"), (ast.keyword, "arg"), (ast.arg, "arg"), (ast.Constant, "value"))
+
+
+def _uses(node: ast.AST, name: str) -> bool:
+    """Whether `name` appears in `node` as a variable, attribute, keyword, parameter or string constant."""
+    return any(isinstance(child, kind) and getattr(child, field) == name
+               for child in ast.walk(node) for kind, field in _NAMED)
+
+
+def _statements_using(body: list, name: str):
+    """The statements of `body`, at any depth, that use `name`: a compound statement whose header
+    (the test of an if, the iterable of a for, ...) uses it counts whole, else its inner statements do."""
+    for statement in body:
+        header = [value for field, value in ast.iter_fields(statement) if field not in _BLOCKS]
+        if any(_uses(node, name) for value in header for node in (value if isinstance(value, list) else [value])
+               if isinstance(node, ast.AST)):
+            yield statement
+            continue
+        for field in _BLOCKS:
+            for child in getattr(statement, field, []):
+                inner = [child] if isinstance(child, ast.stmt) else child.body  # except handlers, match cases
+                yield from _statements_using(inner, name)
+
+
+def drop_statements(function: str, name: str) -> Callable[[str], str]:
+    """Remove every statement of `function` that uses `name` (see _statements_using), with the
+    comment lines right above it; a blank line left doubled is removed too."""
+    def rewrite(source: str) -> str:
+        found = list(_statements_using(_definition(ast.parse(source), function).body, name))
+        if not found:
+            raise LookupError(f"no statement of {function} uses {name}")
+        lines = source.splitlines(keepends=True)
+        for statement in sorted(found, key=_start, reverse=True):
+            first, last = statement.lineno, statement.end_lineno  # 1-based, inclusive
+            if lines[first - 1][: statement.col_offset].strip():
+                raise LookupError(f"line {first} holds more than the statement that uses {name}")
+            while first > 1 and lines[first - 2].lstrip().startswith("#") \
+                    and not lines[first - 2].strip().startswith((BEGIN, END, VARIANT_BEGIN, VARIANT_END)):
+                first -= 1
+            if 1 < first and last < len(lines) and not lines[first - 2].strip() and not lines[last].strip():
+                last += 1
+            del lines[first - 1: last]
+        return "".join(lines)
+    rewrite.description = f"{function} without the statements that use {name}"
+    return rewrite
+
+
+def drop_docstring_paragraphs(qualified: str, word: str) -> Callable[[str], str]:
+    """Remove the paragraphs (blank-line separated) that mention `word` from the docstring of a
+    class or function, or of the module for "". The first paragraph, the summary, must not."""
+    def rewrite(source: str) -> str:
+        node = _definition(ast.parse(source), qualified)
+        if ast.get_docstring(node, clean=False) is None:
+            raise LookupError(f"{qualified or 'the module'} has no docstring")
+        literal = node.body[0].value
+        text = ast.get_source_segment(source, literal)
+        quotes = text[-3:]
+        if quotes not in ('"""', "'''"):
+            raise LookupError(f"the docstring of {qualified or 'the module'} is not triple-quoted")
+        opening = text.index(quotes) + 3
+        body = text[opening:-3].rstrip()
+        parts = re.split(r"(\n[ \t]*\n)", body)  # paragraph, separator, paragraph, ...
+        paragraphs, separators = parts[0::2], parts[1::2]
+        if word in paragraphs[0]:
+            raise LookupError(f"the summary of the docstring of {qualified or 'the module'} mentions {word}")
+        kept = paragraphs[0] + "".join(separator + paragraph for separator, paragraph in zip(separators, paragraphs[1:])
+                                       if word not in paragraph)
+        if kept == body:
+            raise LookupError(f"no paragraph of the docstring of {qualified or 'the module'} mentions {word}")
+        return _replace_node(source, literal, text[:opening] + kept + text[opening + len(body):])
+    rewrite.description = f"the docstring of {qualified or 'the module'} without the paragraphs about {word}"
+    return rewrite
+
+
+# ----------------------------------------------------------------------------- the asset table
+
+def _rename_rows(source: str, rows: range, name_of: Callable[[str], str], renamed: Callable[[str, str], str],
+                 renames: dict, drops: set, what: str) -> str:
+    """Rename (renames: old -> new) or drop the rows (line numbers `rows`, 0-based) named by name_of;
+    every name in renames and drops must have exactly one row."""
+    lines = source.splitlines(keepends=True)
+    wanted = set(renames) | drops
+    seen = [name_of(lines[i]) for i in rows if name_of(lines[i]) in wanted]
+    if sorted(seen) != sorted(wanted):
+        raise LookupError(f"{what} must have one row for each of {sorted(wanted)}, has {sorted(seen)}")
+    for i in reversed(rows):
+        name = name_of(lines[i])
+        if name in drops:
+            del lines[i]
+        elif name in renames:
+            lines[i] = renamed(lines[i], renames[name])
+    return "".join(lines)
+
+
+def rename_setup_assets(renames: dict, drops: set) -> Callable[[str], str]:
+    """In setup.sh's table (`ASSETS="` ... `"`, one `path in the repository|mirror path|...` row per
+    asset), give assets another path in the repository, or drop them."""
+    def rewrite(source: str) -> str:
+        lines = source.splitlines()
+        if 'ASSETS="' not in lines or '"' not in lines[lines.index('ASSETS="'):]:
+            raise LookupError('no ASSETS="..." table')
+        first = lines.index('ASSETS="') + 1
+        rows = range(first, lines.index('"', first))
+        return _rename_rows(source, rows, lambda row: row.split("|")[0].strip(),
+                            lambda row, new: new + row[row.index("|"):], renames, drops, "setup.sh's ASSETS table")
+    rewrite.description = f"setup.sh's assets renamed {renames}, without {sorted(drops)}"
+    return rewrite
+
+
+def rename_checksums(renames: dict, drops: set) -> Callable[[str], str]:
+    """In a sha256sum file (`DIGEST  PATH` lines), give files another path, or drop them."""
+    def rewrite(source: str) -> str:
+        return _rename_rows(source, range(len(source.splitlines())), lambda row: row.split(maxsplit=1)[-1].strip(),
+                            lambda row, new: f"{row.split(maxsplit=1)[0]}  {new}\n", renames, drops, "the checksum list")
+    rewrite.description = f"checksums renamed {renames}, without {sorted(drops)}"
+    return rewrite
+
+
 # ----------------------------------------------------------------------------- the variants
 
 @dataclass(frozen=True)
@@ -293,11 +483,41 @@ class Variant:
     rewrites: dict = field(default_factory=dict)  # file -> rewrites applied in order
 
 
-def _common_rewrites(variant: str) -> dict:
+# The grader reference files as the solution keeps them, under explicit names: in setup.sh's asset
+# table, in assets.sha256 and in ../shared/assets/reference.
+REFERENCE_FILES = frozenset({"rotary_embedding_actual.data", "optimizer_test.npy", "optimizer_test_clip0.9.npy",
+                             "sanity_check_rmsnorm.data", "sanity_check_layernorm.data"})
+# What each course ships: upstream name -> file in assets/reference.
+LUH_REFERENCES = {"rotary_embedding_actual.data": "rotary_embedding_actual.data",
+                  "optimizer_test.npy": "optimizer_test.npy",
+                  "sanity_check.data": "sanity_check_rmsnorm.data"}
+CMU_REFERENCES = {"rotary_embedding_actual.data": "rotary_embedding_actual.data",
+                  "optimizer_test.npy": "optimizer_test_clip0.9.npy",
+                  "sanity_check.data": "sanity_check_layernorm.data"}
+
+
+def _common_rewrites(variant: str, references: dict) -> dict:
+    """What every variant rewrites: its name where the tools read it, and the asset table. setup.sh
+    and assets.sha256 list exactly the course's reference files, under the upstream names it ships
+    them as, so that setup.sh lays out (and checks) the course's own files, never the other's."""
+    renames = {original: shipped for shipped, original in references.items()}
+    others = set(REFERENCE_FILES - set(renames))
     return {
         "prepare_submit.py": [set_assignment("DEFAULT_VARIANT", variant)],
         "tests/student/test_your_implementation.py": [set_assignment("COURSE_VARIANT", variant)],
+        "setup.sh": [rename_setup_assets(renames, others)],
+        "assets.sha256": [rename_checksums(renames, others)],
     }
+
+
+def _adamw_without_clipping() -> list:
+    """The LUH course's AdamW has no gradient clipping: no `max_grad_norm` parameter, default,
+    check or code, and no docstring paragraph about it."""
+    name = "max_grad_norm"
+    return [drop_docstring_paragraphs("", name), drop_docstring_paragraphs("AdamW", name),
+            drop_docstring_paragraphs("AdamW.step", name), drop_parameter("AdamW.__init__", name),
+            drop_keyword("AdamW.__init__", "dict", name), drop_statements("_check_hyperparameters", name),
+            drop_statements("AdamW.step", name)]
 
 
 VARIANTS = {
@@ -306,14 +526,13 @@ VARIANTS = {
         course="the LUH course: RMSNorm, plain temperature sampling, AdamW without clipping, no LoRA",
         solved=frozenset({"llama.py:LayerNorm._norm"}),
         dropped=frozenset({"lora.py"}),
-        references={"rotary_embedding_actual.data": "rotary_embedding_actual.data",
-                    "optimizer_test.npy": "optimizer_test.npy",
-                    "sanity_check.data": "sanity_check_rmsnorm.data"},
+        references=LUH_REFERENCES,
         rewrites={
-            **_common_rewrites("rmsnorm"),
+            **_common_rewrites("rmsnorm", LUH_REFERENCES),
             # generate(idx, max_new_tokens, temperature): epsilon 0 is plain temperature sampling.
             "llama.py": [set_parameter_default("Llama.generate", "epsilon", 0.0),
                          set_parameter_default("sample_next_token", "epsilon", 0.0)],
+            "optimizer.py": _adamw_without_clipping(),
             "optimizer_test.py": [set_assignment("VARIANTS", {"noclip": ("optimizer_test.npy", None)})],
             "sanity_check.py": [set_assignment("REFERENCES", {"rmsnorm": "sanity_check.data"})],
             "run_llama.py": [remove_cli_choice("--option", "lora")],
@@ -322,11 +541,9 @@ VARIANTS = {
     "layernorm": Variant(
         name="layernorm",
         course="the 2025 CMU course: LayerNorm, LoRA, epsilon sampling, AdamW with gradient clipping",
-        references={"rotary_embedding_actual.data": "rotary_embedding_actual.data",
-                    "optimizer_test.npy": "optimizer_test_clip0.9.npy",
-                    "sanity_check.data": "sanity_check_layernorm.data"},
+        references=CMU_REFERENCES,
         rewrites={
-            **_common_rewrites("layernorm"),
+            **_common_rewrites("layernorm", CMU_REFERENCES),
             "config.py": [set_assignment("LlamaConfig.norm_type", "layernorm")],
             "optimizer_test.py": [set_assignment("VARIANTS", {"clip0.9": ("optimizer_test.npy", 0.9)})],
             "sanity_check.py": [set_assignment("REFERENCES", {"layernorm": "sanity_check.data"}),
@@ -384,16 +601,19 @@ def _top_level_imports(tree: ast.Module) -> set[str]:
 
 
 def skeleton_source(source: str, path: str, variant: Variant, blank: set[str]) -> str:
-    """One file of the skeleton: variant lines selected, regions in `blank` emptied, rewrites made."""
-    source = select_variant_lines(source, path, variant.name)
-    source = fill_regions(source, find_regions(source, path), blank)
+    """One file of the skeleton. A Python file gets the variant's lines selected and its rewrites
+    made, on the whole solution (so a rewrite always finds its target), then the regions in `blank`
+    emptied; any other file only the variant's rewrites."""
+    python = path.endswith(".py")
+    if python:
+        source = select_variant_lines(source, path, variant.name)
     for rewrite in variant.rewrites.get(path, []):
         try:
             source = rewrite(source)
         except LookupError as err:
             raise SkeletonError(f"{path}: cannot apply the {variant.name} rewrite "
                                 f"'{rewrite.description}': {err}") from None
-    return source
+    return fill_regions(source, find_regions(source, path), blank) if python else source
 
 
 def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None = None,
@@ -427,7 +647,11 @@ def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None
         target = out_dir / path
         target.parent.mkdir(parents=True, exist_ok=True)
         if not path.endswith(".py"):
-            shutil.copy2(root / path, target)
+            if path in variant.rewrites:
+                target.write_text(skeleton_source((root / path).read_text(), path, variant, blank))
+                shutil.copymode(root / path, target)
+            else:
+                shutil.copy2(root / path, target)
             continue
         text = skeleton_source((root / path).read_text(), path, variant, blank)
         tree = ast.parse(text, filename=path)  # the skeleton must be valid Python...

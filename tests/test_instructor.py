@@ -2,17 +2,21 @@
 coverage guarantee (every region is caught by a student check), the reference files, and
 prepare_submit.py.
 
-The coverage test builds, for every region, a copy of the repository in which only that region
-is a todo, and runs the student checks (tests/student) there in a child process: they must fail
-with NotImplementedError. With no region blank they must pass. The copies run in parallel."""
+For each variant one module fixture builds the skeleton (and runs its setup.sh against the asset
+mirror), the skeleton with every region filled, and, for the coverage guarantee, one copy per region
+in which only that region is a todo; then it runs all their checks in a single child process
+(tests/tree_checks.py), which imports torch once instead of once per check. The tests read the
+results: the skeleton imports and its checks fail with NotImplementedError, the filled one passes
+them, and each single-region copy fails a student check with NotImplementedError."""
 
 import ast
+import hashlib
+import json
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ElementTree
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +40,38 @@ STUDENT_FACING = {
     "llama.py:Llama.forward", "llama.py:Llama.generate", "rope.py:apply_rotary_emb", "optimizer.py:AdamW.step",
     "classifier.py:LlamaEmbeddingClassifier.forward", "lora.py:LoRALayer.forward",
 }
+STUDENT_CHECKS = ["-q", "-p", "no:cacheprovider", "tests/student"]  # pytest arguments, in a tree
+
+
+def missing(what: str):
+    """Skip locally; fail under CI, where the assets are always there."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} not found (repository root, $MINLLAMA_ASSETS, ../shared/assets)")
+    pytest.skip(f"{what} not found")
 
 
 def assets() -> Path:
-    found = ms.find_assets()
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("grader reference files not found (repository root, $MINLLAMA_ASSETS, ../shared/assets)")
-        pytest.skip("grader reference files not found")
-    return found
+    return ms.find_assets() or missing("grader reference files")
 
 
-def run_student_checks(tree: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/student", *extra],
-                          cwd=tree, env=env, capture_output=True, text=True, timeout=600)
+def asset_mirror() -> Path:
+    """The local mirror setup.sh copies from (MINLLAMA_ASSETS, else ../shared/assets)."""
+    mirror = Path(os.environ.get("MINLLAMA_ASSETS") or REPO_ROOT.parent / "shared" / "assets")
+    return mirror if (mirror / "reference").is_dir() else missing(f"an asset mirror at {mirror}")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_trees(jobs: list[dict], folder: Path) -> list[dict]:
+    """Run `jobs` (see tests/tree_checks.py) in one child process; their results, in order."""
+    jobs_file, results_file = folder / "jobs.json", folder / "results.json"
+    jobs_file.write_text(json.dumps(jobs))
+    child = subprocess.run([sys.executable, str(Path(__file__).with_name("tree_checks.py")), str(jobs_file),
+                            str(results_file)], capture_output=True, text=True, timeout=900)
+    assert child.returncode == 0, child.stderr[-3000:]
+    return json.loads(results_file.read_text())
 
 
 # ----------------------------------------------------------------------------- regions and rewrites
@@ -125,6 +146,82 @@ def test_syntax_tree_rewrites():
         ms.set_assignment("Y", 1)(source)
 
 
+OPTION_SOURCE = '''\
+"""Summary.
+
+Clipping: at most max_grad_norm.
+
+The end."""
+
+
+def check(group):
+    if group["lr"] < 0:
+        raise ValueError
+    max_grad_norm = group["max_grad_norm"]
+    if max_grad_norm is not None and max_grad_norm <= 0:
+        raise ValueError
+
+
+class Opt:
+    def __init__(self, params, lr=1e-3,
+                 max_grad_norm=None):
+        self.defaults = dict(lr=lr, max_grad_norm=max_grad_norm)
+
+    def step(self):
+        """Step.
+
+        With max_grad_norm, clip first."""
+        for group in self.groups:
+            # BEGIN SOLUTION
+            prepare(group)
+
+            # clip the gradients
+            if group["max_grad_norm"] is not None:
+                clip(group)
+
+            update(group)
+            # END SOLUTION
+'''
+
+
+def test_rewrites_that_drop_an_option_everywhere():
+    """The rewrites that take max_grad_norm out of the LUH course's optimizer, on a small source."""
+    name, out = "max_grad_norm", OPTION_SOURCE
+    for rewrite in (ms.drop_docstring_paragraphs("", name), ms.drop_docstring_paragraphs("Opt.step", name),
+                    ms.drop_parameter("Opt.__init__", name), ms.drop_keyword("Opt.__init__", "dict", name),
+                    ms.drop_statements("check", name), ms.drop_statements("Opt.step", name)):
+        out = rewrite(out)
+    assert out == ('"""Summary.\n\nThe end."""\n\n\ndef check(group):\n    if group["lr"] < 0:\n        raise ValueError\n'
+                   '\n\nclass Opt:\n    def __init__(self, params, lr=1e-3):\n        self.defaults = dict(lr=lr)\n\n'
+                   '    def step(self):\n        """Step."""\n        for group in self.groups:\n'
+                   '            # BEGIN SOLUTION\n            prepare(group)\n\n            update(group)\n'
+                   '            # END SOLUTION\n')
+    for missing_target in (ms.drop_parameter("Opt.step", name), ms.drop_keyword("check", "dict", name),
+                           ms.drop_statements("Opt.__init__", "nothing"), ms.drop_docstring_paragraphs("check", name),
+                           ms.drop_docstring_paragraphs("", "Summary")):
+        with pytest.raises(LookupError):
+            missing_target(OPTION_SOURCE)
+
+
+def test_asset_table_rewrites():
+    setup = 'X=1\nASSETS="\ndata/a.txt|data/a.txt|required|$U/a\nref_a.npy|reference/ref_a.npy|required|$U/ref.npy\n' \
+            'ref_b.npy|reference/ref_b.npy|required|$V/ref.npy\n"\n'
+    out = ms.rename_setup_assets({"ref_b.npy": "ref.npy"}, {"ref_a.npy"})(setup)
+    assert out == 'X=1\nASSETS="\ndata/a.txt|data/a.txt|required|$U/a\nref.npy|reference/ref_b.npy|required|$V/ref.npy\n"\n'
+    sums = "aa  data/a.txt\nbb  ref_a.npy\ncc  ref_b.npy\n"
+    assert ms.rename_checksums({"ref_b.npy": "ref.npy"}, {"ref_a.npy"})(sums) == "aa  data/a.txt\ncc  ref.npy\n"
+    with pytest.raises(LookupError, match="one row"):
+        ms.rename_checksums({"ref_c.npy": "ref.npy"}, set())(sums)
+    with pytest.raises(LookupError, match="ASSETS"):
+        ms.rename_setup_assets({}, set())("X=1\n")
+
+
+def test_each_variant_ships_reference_files_the_solution_keeps():
+    for spec in ms.VARIANTS.values():
+        assert set(spec.references.values()) <= ms.REFERENCE_FILES
+        assert {"optimizer_test.npy", "sanity_check.data", "rotary_embedding_actual.data"} == set(spec.references)
+
+
 # ----------------------------------------------------------------------------- the skeletons
 
 @pytest.fixture(scope="module")
@@ -140,77 +237,128 @@ def tiny_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     return checkpoint, folder
 
 
-@pytest.mark.parametrize("variant", list(ms.VARIANTS))
-def test_skeleton_builds_imports_and_fails_exactly_at_the_todos(variant, tmp_path, tiny_checkpoint):
-    tree = tmp_path / "skeleton"
-    blanked = ms.build(tree, variant, assets=assets())
-    spec = ms.VARIANTS[variant]
-    assert {r.id for r in blanked} == {r.id for r in ms.all_regions() if r.path not in spec.dropped} - spec.solved
+@dataclass
+class Course:
+    """One variant's trees and what their checks gave (results as tests/tree_checks.py writes them)."""
+    variant: str
+    spec: ms.Variant
+    mirror: Path
+    skeleton: Path
+    blanked: list  # the regions the skeleton leaves to students
+    setup: subprocess.CompletedProcess  # the skeleton's `setup.sh --assets-only` against the mirror
+    skeleton_checks: dict
+    solved_checks: dict
+    coverage: dict  # region id -> the student checks with only that region a todo
+
+
+@pytest.fixture(scope="module", params=list(ms.VARIANTS))
+def course(request, tmp_path_factory, tiny_checkpoint) -> Course:
+    variant, spec = request.param, ms.VARIANTS[request.param]
+    folder = tmp_path_factory.mktemp(variant)
+    reference_files, mirror = assets(), asset_mirror()
+    checkpoint, references = tiny_checkpoint
+
+    skeleton = folder / "skeleton"
+    blanked = ms.build(skeleton, variant, assets=reference_files)
+    # A student runs setup.sh in the skeleton: it must keep the reference files shipped with it, and
+    # lay out the course's own from the mirror where one is missing (optimizer_test.npy, whose
+    # contents differ between the courses).
+    (skeleton / "optimizer_test.npy").unlink()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MINLLAMA_")}, "MINLLAMA_ASSETS": str(mirror)}
+    setup = subprocess.run(["bash", "setup.sh", "--assets-only"], cwd=skeleton, env=env,
+                           capture_output=True, text=True, timeout=300)
+
+    solved = folder / "solved"
+    ms.build(solved, variant, blank=set(), assets=reference_files)
+    single = {}
+    for number, region in enumerate(blanked):
+        single[region.id] = folder / f"region{number}"
+        ms.build(single[region.id], variant, blank={region.id}, assets=reference_files)
+
+    norm = "rmsnorm" if variant == "rmsnorm" else "layernorm"
+    sanity = ["sanity_check.py", "--checkpoint", str(checkpoint)]
+    jobs = [{"tree": str(skeleton), "imports": True, "scripts": [["rope_test.py"], ["optimizer_test.py"], sanity],
+             "pytest": STUDENT_CHECKS},
+            {"tree": str(solved), "scripts": [["rope_test.py"], ["optimizer_test.py"],
+                                              sanity + ["--reference", str(references / f"sanity_check_{norm}.data")]],
+             "pytest": STUDENT_CHECKS}]
+    jobs += [{"tree": str(tree), "pytest": STUDENT_CHECKS + ["-x"]} for tree in single.values()]
+    skeleton_checks, solved_checks, *coverage = check_trees(jobs, folder)
+    return Course(variant, spec, mirror, skeleton, blanked, setup, skeleton_checks, solved_checks,
+                  dict(zip(single, coverage)))
+
+
+def test_skeleton_builds_imports_and_fails_exactly_at_the_todos(course):
+    spec, tree = course.spec, course.skeleton
+    assert {r.id for r in course.blanked} == {r.id for r in ms.all_regions() if r.path not in spec.dropped} - spec.solved
     assert not (tree / "instructor").exists() and not (tree / "bench").exists()
     assert sorted(p.name for p in (tree / "tests").iterdir()) == ["student"]
     assert (tree / "lora.py").exists() == ("lora.py" not in spec.dropped)
     for shipped in spec.references:
         assert (tree / shipped).is_file()
-    modules = sorted(p.stem for p in tree.glob("*.py"))
     for path in tree.rglob("*.py"):
         ast.parse(path.read_text())
         assert "BEGIN SOLUTION" not in path.read_text()
-    imported = subprocess.run([sys.executable, "-c", f"import {', '.join(modules)}"], cwd=tree,
-                              capture_output=True, text=True)
-    assert imported.returncode == 0, imported.stderr
+    assert not course.skeleton_checks["import_errors"], course.skeleton_checks["import_errors"]
 
     # The grader checks run and stop at the todos.
-    checks = [["rope_test.py"], ["optimizer_test.py"],
-              ["sanity_check.py", "--checkpoint", str(tiny_checkpoint[0])]]
-    for check in checks:
-        result = subprocess.run([sys.executable, *check], cwd=tree, capture_output=True, text=True)
-        assert result.returncode != 0 and "NotImplementedError" in result.stderr, (check, result.stderr[-2000:])
-
+    for script in course.skeleton_checks["scripts"]:
+        assert script["exit"] != 0 and "NotImplementedError" in script["output"], script
     # Every student check that fails, fails with NotImplementedError.
-    report = tmp_path / "junit.xml"
-    result = run_student_checks(tree, f"--junitxml={report}")
-    assert result.returncode == 1, result.stdout[-3000:]
-    failures = [case.find("failure") for case in ElementTree.parse(report).iter("testcase")]
-    failures = [f for f in failures if f is not None]
-    assert failures and all("NotImplementedError" in (f.get("message", "") + (f.text or "")) for f in failures)
+    student = course.skeleton_checks["pytest"]
+    assert student["exit"] == 1, student["output"]
+    assert student["failures"] and all("NotImplementedError" in f["text"] for f in student["failures"]), \
+        [f["test"] for f in student["failures"] if "NotImplementedError" not in f["text"]]
 
 
-@pytest.mark.parametrize("variant", list(ms.VARIANTS))
-def test_filled_skeleton_passes_every_check(variant, tmp_path, tiny_checkpoint):
-    checkpoint, references = tiny_checkpoint
-    tree = tmp_path / "solved"
-    ms.build(tree, variant, blank=set(), assets=assets())
-    result = run_student_checks(tree)
-    assert result.returncode == 0, result.stdout[-3000:]
-    norm = "rmsnorm" if variant == "rmsnorm" else "layernorm"
-    checks = [["rope_test.py"], ["optimizer_test.py"],
-              ["sanity_check.py", "--checkpoint", str(checkpoint), "--reference",
-               str(references / f"sanity_check_{norm}.data")]]
-    for check in checks:
-        result = subprocess.run([sys.executable, *check], cwd=tree, capture_output=True, text=True)
-        assert result.returncode == 0, (check, result.stderr[-2000:])
+def test_skeleton_setup_lays_out_the_course_references(course):
+    """The skeleton's setup.sh and assets.sha256 name the course's own reference files under the
+    upstream names: it keeps the shipped ones, lays out the missing one, and the checks then reach
+    the todos (not a missing or wrong file)."""
+    assert course.setup.returncode == 0, course.setup.stderr
+    assert "replacing" not in course.setup.stdout and "optimizer_test.npy: ready" in course.setup.stdout
+    for shipped, original in course.spec.references.items():
+        assert sha256(course.skeleton / shipped) == sha256(course.mirror / "reference" / original), shipped
+    other_courses = ms.REFERENCE_FILES - set(course.spec.references)
+    assert not [name for name in other_courses if (course.skeleton / name).exists()]
+    for line in (course.skeleton / "assets.sha256").read_text().splitlines():
+        digest, path = line.split(maxsplit=1)
+        assert sha256(course.skeleton / path) == digest, path
+    for script in course.skeleton_checks["scripts"][:2]:  # rope_test.py, optimizer_test.py
+        assert "NotImplementedError" in script["output"] and "not found" not in script["output"], script
 
 
-def test_every_region_is_covered_by_a_student_check(tmp_path):
-    """For each variant and each region it blanks: only that region a todo -> the student checks fail
-    with NotImplementedError. An uncovered region fails this test by name."""
-    reference_files = assets()
-    jobs = []
-    for variant, spec in ms.VARIANTS.items():
-        for region in ms.all_regions():
-            if region.path in spec.dropped or region.id in spec.solved:
-                continue
-            tree = tmp_path / f"{variant}-{region.path}-{region.function}"
-            ms.build(tree, variant, blank={region.id}, assets=reference_files)
-            jobs.append((variant, region.id, tree))
+def test_each_course_has_its_interfaces(course):
+    """LUH: AdamW without max_grad_norm, generate(idx, max_new_tokens, temperature=1.0) sampling
+    plainly by default, no --option lora. CMU: clipping and epsilon sampling (0.05)."""
+    luh = course.variant == "rmsnorm"
+    optimizer = (course.skeleton / "optimizer.py").read_text()
+    init = ms._definition(ast.parse(optimizer), "AdamW.__init__")
+    assert ("max_grad_norm" in [a.arg for a in init.args.args]) != luh
+    assert ("max_grad_norm" in optimizer) != luh and ("clip" in optimizer.lower()) != luh
+    generate = ms._definition(ast.parse((course.skeleton / "llama.py").read_text()), "Llama.generate").args
+    assert [a.arg for a in generate.args[:4]] == ["self", "idx", "max_new_tokens", "temperature"]
+    defaults = dict(zip([a.arg for a in generate.args[-len(generate.defaults):]],
+                        [ast.literal_eval(d) for d in generate.defaults]))
+    assert defaults["temperature"] == 1.0 and defaults["epsilon"] == (0.0 if luh else 0.05)
+    option = ms._add_argument_call(ast.parse((course.skeleton / "run_llama.py").read_text()), "--option")
+    assert ("lora" in ast.literal_eval(ms._keyword(option, "choices", "--option").value)) != luh
 
-    def run(job):
-        variant, region_id, tree = job
-        result = run_student_checks(tree, "-x")
-        return variant, region_id, result.returncode != 0 and "NotImplementedError" in result.stdout
 
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        uncovered = [f"{variant}: {region_id}" for variant, region_id, caught in pool.map(run, jobs) if not caught]
+def test_filled_skeleton_passes_every_check(course):
+    for script in course.solved_checks["scripts"]:
+        assert script["exit"] == 0, script
+    assert course.solved_checks["pytest"]["exit"] == 0, course.solved_checks["pytest"]["output"]
+
+
+def test_every_region_is_covered_by_a_student_check(course):
+    """Only one region a todo -> the student checks fail, first with NotImplementedError. An
+    uncovered region fails this test by name."""
+    def caught(result: dict) -> bool:
+        failures = result["pytest"]["failures"]
+        return bool(failures) and "NotImplementedError" in failures[0]["text"]
+
+    uncovered = [region for region, result in course.coverage.items() if not caught(result)]
     assert not uncovered, f"no student check fails when only these regions are missing: {uncovered}"
 
 

@@ -8,6 +8,7 @@ The grader checks (rope_test.py, optimizer_test.py, sanity_check.py) are the fin
 """
 
 import importlib.util
+import inspect
 import math
 import os
 import sys
@@ -199,6 +200,17 @@ def test_greedy_generation_crops_the_context():
         logits, _ = model(expected[:, -16:])
         expected = torch.cat((expected, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
     assert torch.equal(model.generate(prompt, 14, temperature=0.0), expected)
+
+
+def test_generate_keeps_the_course_signature():
+    """Graders call generate(idx, max_new_tokens, temperature): keep those names and that order.
+    Called so, it samples plainly from softmax(logits / temperature) in the LUH course (epsilon
+    0, if you keep an epsilon at all) and drops tokens with p < 0.05 in the CMU course."""
+    parameters = inspect.signature(Llama.generate).parameters
+    assert list(parameters)[:4] == ["self", "idx", "max_new_tokens", "temperature"]
+    assert parameters["temperature"].default == 1.0
+    epsilon = parameters["epsilon"].default if "epsilon" in parameters else 0.0
+    assert epsilon == (0.05 if EPSILON_SAMPLING else 0.0)
 
 
 def test_sampled_generation_keeps_the_prompt():

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from utils import REPO_ROOT, smollm2_gguf_path  # importable from the root: pytest.ini sets pythonpath
 
@@ -91,3 +92,19 @@ def smollm2(smollm2_path):
 def smollm2_tokenizer(smollm2_path):
     from tokenizer import Tokenizer
     return Tokenizer(tokenizer_model=smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation, which costs seconds per test on a
+    busy 2-core machine (OpenMP waits for the other threads), so a module of tiny models runs on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def seeded():
+    """Every test starts from the same random state."""
+    torch.manual_seed(0)

@@ -56,13 +56,15 @@ def apply_rotary_emb(query: torch.Tensor, key: torch.Tensor, head_dim: int, max_
     cos_table, sin_table = precompute_freqs_cos_sin(head_dim, max_seq_len, theta, query.device)
     cos, sin = cos_table[positions], sin_table[positions]  # (T, head_dim//2) or (B, T, head_dim//2)
 
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        # Split the last axis into pairs: x_even = x[..., 0::2], x_odd = x[..., 1::2].
-        x_even, x_odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each (B, T, heads, head_dim//2)
-        c, s = reshape_for_broadcast(cos, x_even), reshape_for_broadcast(sin, x_even)
-        # The 2-D rotation [[c, -s], [s, c]] applied to every pair.
-        rotated = torch.stack((x_even * c - x_odd * s, x_even * s + x_odd * c), dim=-1)
-        return rotated.flatten(-2).type_as(x)
-
-    return rotate(query), rotate(key)
+    # Query and key heads get the same rotation: rotate them as one tensor (half the small
+    # operations, which is what a one-token generation step spends its time on).
+    n_heads = query.shape[2]
+    x = torch.cat((query, key), dim=2)  # (B, T, n_heads + n_kv_heads, head_dim)
+    # Split the last axis into pairs: x_even = x[..., 0::2], x_odd = x[..., 1::2].
+    x_even, x_odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each (B, T, heads, head_dim//2)
+    c, s = reshape_for_broadcast(cos, x_even), reshape_for_broadcast(sin, x_even)
+    # The 2-D rotation [[c, -s], [s, c]] applied to every pair.
+    rotated = torch.stack((x_even * c - x_odd * s, x_even * s + x_odd * c), dim=-1)
+    rotated = rotated.flatten(-2).type_as(query)
+    return rotated[:, :, :n_heads], rotated[:, :, n_heads:]
     # END SOLUTION

@@ -24,9 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `pytho
 from classifier import LlamaEmbeddingClassifier  # noqa: E402
 from config import LlamaConfig  # noqa: E402
 from llama import Llama  # noqa: E402
-from utils import REPO_ROOT  # noqa: E402
-
-ASSETS = Path("/work/shared/assets")  # the shared mirror of the assignment files
+from utils import REPO_ROOT, SETUP_HINT  # noqa: E402
 
 _clock = time.perf_counter  # setup() may switch to time.process_time
 _load_at_start = os.getloadavg()[0]
@@ -177,11 +175,10 @@ def to_transformers(model: Llama):
 
 
 def find_asset(relative: str) -> Path:
-    """An assignment file at the repository root (setup.sh puts it there) or in the shared mirror."""
-    for root in (REPO_ROOT, ASSETS):
-        if (root / relative).is_file():
-            return root / relative
-    raise SystemExit(f"missing {relative}: run `bash setup.sh` first")
+    """An assignment file at the repository root, where setup.sh puts it."""
+    if not (REPO_ROOT / relative).is_file():
+        raise SystemExit(f"missing {relative}: {SETUP_HINT}")
+    return REPO_ROOT / relative
 
 
 def our_classifier(model: Llama, folder: Path, num_labels: int, device) -> LlamaEmbeddingClassifier:

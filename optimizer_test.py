@@ -2,9 +2,8 @@
 
 Trains a tiny linear model, y = W x with W of shape (2, 3), to fit y = [x0 + x1, -x2]
 for 1000 steps of AdamW (lr 1e-3, weight decay 1e-4) on one uniform random x per step,
-and compares the final W with the course's reference. Two references exist: the LUH
-one (no clipping, `optimizer_test.npy`) and the 2025 CMU one (`max_grad_norm=0.9`,
-`optimizer_test_clip0.9.npy`). Both are checked unless `--variant` picks one.
+and compares the final W with the course's reference weights: one run per entry of
+VARIANTS below (reference file, max_grad_norm), all of them unless `--variant` picks one.
 The procedure (seeds, order of random draws, loss) reproduces the upstream script
 exactly, since the reference weights depend on every one of those details.
 """
@@ -19,7 +18,7 @@ import torch
 from optimizer import AdamW
 from utils import REPO_ROOT, MissingAssetError, require_file
 
-# variant name -> (reference file, max_grad_norm)
+# variant name -> (reference file, max_grad_norm): LUH's reference is without clipping, CMU 2025's with 0.9
 VARIANTS = {
     "noclip": ("optimizer_test.npy", None),
     "clip0.9": ("optimizer_test_clip0.9.npy", 0.9),

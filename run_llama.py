@@ -79,6 +79,8 @@ def read_examples(path, limit: int | None = None) -> list[Example]:
                 label = int(label)
             except ValueError:
                 raise RunError(f"{where}: the label {label.strip()!r} is not an integer") from None
+            if not sentence.strip():
+                raise RunError(f"{where}: the sentence after ' ||| ' is empty")
             examples.append(Example(label, sentence.strip(), where))
     if not examples:
         raise RunError(f"{path}: the data file is empty")
@@ -133,21 +135,23 @@ def dataset_name(path) -> str:
 
 def encode_examples(examples: list[Example], tokenizer: Tokenizer, max_len: int, suffix_ids=(),
                     max_sentence_len: int | None = None, desc: str = "") -> list[list[int]]:
-    """BOS + sentence tokens (+ suffix_ids, the zero-shot question), no EOS: the classifiers read
-    the last real token, which should be the sentence's (or the question's) own last token.
+    """BOS (for a model that uses one) + sentence tokens (+ suffix_ids, the zero-shot question),
+    no EOS: the classifiers read the last real token, which should be the sentence's (or the
+    question's) own last token.
 
     Only the sentence is ever shortened, so the question always survives: to max_sentence_len
     tokens if set, and to what fits in the model's context (max_len positions), with a warning."""
-    room = max_len - 1 - len(suffix_ids)
+    start = [tokenizer.bos_id] if tokenizer.add_bos else []  # SmolLM2's texts start without one
+    room = max_len - len(start) - len(suffix_ids)
     if room < 1:
         raise RunError(f"the model's context ({max_len} positions) has no room for a sentence "
-                       f"after BOS and the {len(suffix_ids)}-token question")
+                       f"besides BOS and the {len(suffix_ids)}-token question")
     encoded, n_too_long = [], 0
     for example in tqdm(examples, desc=f"tokenize {desc}", unit=" lines", leave=False):
         ids = tokenizer.encode(example.sentence, bos=False, eos=False)[:max_sentence_len]
         if len(ids) > room:
             ids, n_too_long = ids[:room], n_too_long + 1
-        encoded.append([tokenizer.bos_id] + ids + list(suffix_ids))
+        encoded.append(start + ids + list(suffix_ids))
     if n_too_long:
         print(f"warning: {n_too_long} of {len(examples)} inputs in {desc} were longer than the model's "
               f"context ({max_len} tokens) and were truncated")

@@ -56,7 +56,10 @@ class Tokenizer:
     long to end within max_len.
 
     Attributes: `bos_id`, `eos_id`, `pad_id` (SentencePiece: the byte piece `<0x00>`, id 3,
-    a real embedding row for a byte that never occurs in text; GGUF: its padding id), `n_words`.
+    a real embedding row for a byte that never occurs in text; GGUF: its padding id), `n_words`,
+    and `add_bos`: whether the model saw BOS in front of its training texts. Llama 2 did; a GGUF
+    file says (`tokenizer.ggml.add_bos_token`), and SmolLM2's did not: its BOS id is the chat
+    marker `<|im_start|>`, which would make a plain text look like the start of a chat turn.
     """
 
     def __init__(self, max_len: int | None = None, tokenizer_model=None):
@@ -76,6 +79,7 @@ class Tokenizer:
             raise ValueError(f"{path}: not a SentencePiece model or a GGUF file: {error}") from None
         self.n_words = model.vocab_size()
         self.bos_id, self.eos_id = model.bos_id(), model.eos_id()
+        self.add_bos = True
         # piece_to_id answers the unknown id for a piece the model lacks: then fall back to EOS.
         zero_byte = model.piece_to_id("<0x00>")
         self.pad_id = zero_byte if model.id_to_piece(zero_byte) == "<0x00>" else self.eos_id
@@ -111,16 +115,18 @@ class Tokenizer:
 
         self.n_words = len(pieces)
         self.bos_id, self.eos_id = metadata("bos_token_id"), metadata("eos_token_id")
+        self.add_bos = bool(gguf_metadata(reader, "tokenizer.ggml.add_bos_token", True))
         self.pad_id = gguf_metadata(reader, "tokenizer.ggml.padding_token_id", self.eos_id)
         self._encode = lambda text: bpe.encode(text, add_special_tokens=False).ids
         self._decode = lambda ids: bpe.decode(ids, skip_special_tokens=True)
 
     def encode(self, s: str, bos: bool, eos: bool) -> list[int]:
-        """Token ids of `s`, with BOS in front and/or EOS at the end as asked, cut to max_len."""
+        """Token ids of `s`, with BOS in front and/or EOS at the end as asked, cut to max_len.
+        bos=True adds BOS only for a model that starts its texts with one (see `add_bos`)."""
         if not isinstance(s, str):
             raise TypeError(f"encode expects a str, got {type(s).__name__}")
         ids = self._encode(s)
-        if bos:
+        if bos and self.add_bos:
             ids = [self.bos_id] + ids
         if eos:
             ids = ids + [self.eos_id]

@@ -186,6 +186,7 @@ def bad_line(tmp_path, name, line):
     ("three ||| a sentence\n", r"bad\.txt:1: the label 'three' is not an integer"),
     ("7 ||| a sentence\n", r"bad\.txt:1: label 7 is outside the label mapping"),
     ("", r"bad\.txt: the data file is empty"),
+    ("2 ||| a sentence\n3 |||   \n", r"bad\.txt:2: the sentence after ' \|\|\| ' is empty"),
 ])
 def test_bad_dev_file(tmp_path, capsys, data, tiny_model, tokenizer_model_path, content, message):
     bad = bad_line(tmp_path, "bad.txt", content)
@@ -272,6 +273,14 @@ def test_max_sentence_len_cuts_the_sentence_not_the_question(tokenizer_model_pat
     assert encoded == [[tokenizer.bos_id] + sentence[:2] + question]
     encoded = run_llama.encode_examples([example], tokenizer, 6, question)  # context: room for 2 tokens
     assert encoded == [[tokenizer.bos_id] + sentence[:2] + question]
+
+
+def test_a_model_without_bos_gets_none_and_the_room_for_one_more_token(smollm2_tokenizer):
+    example = run_llama.Example(1, "one two three four five six", "x:1")
+    question = [11, 12, 13]
+    sentence = smollm2_tokenizer.encode(example.sentence, bos=False, eos=False)
+    encoded = run_llama.encode_examples([example], smollm2_tokenizer, 6, question)
+    assert encoded == [sentence[:3] + question]
 
 
 def test_length_sorted_batches_cover_every_example_once_and_cut_padding():

@@ -112,9 +112,12 @@ def test_gguf_digits_are_split_like_llama_cpp(smollm2_tokenizer):
 def test_gguf_special_ids_and_decode(smollm2_tokenizer, sst_dev_path):
     tok = smollm2_tokenizer
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.n_words) == (1, 2, 2, 49152)
+    # SmolLM2's GGUF says add_bos_token = false (its BOS id is the chat marker <|im_start|>):
+    # bos=True then adds nothing, as transformers' tokenizer for the model does.
+    assert tok.add_bos is False
     for text in sst_sentences(sst_dev_path) + NON_ASCII:
         ids = tok.encode(text, bos=True, eos=True)
-        assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+        assert ids == tok.encode(text, bos=False, eos=False) + [tok.eos_id]
         assert tok.decode(ids) == text  # byte-level BPE is lossless; special tokens are dropped
 
 

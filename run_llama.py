@@ -79,9 +79,10 @@ def read_examples(path, limit: int | None = None) -> list[Example]:
                 label = int(label)
             except ValueError:
                 raise RunError(f"{where}: the label {label.strip()!r} is not an integer") from None
-            if not sentence.strip():
+            sentence = sentence.strip()
+            if not sentence:
                 raise RunError(f"{where}: the sentence after ' ||| ' is empty")
-            examples.append(Example(label, sentence.strip(), where))
+            examples.append(Example(label, sentence, where))
     if not examples:
         raise RunError(f"{path}: the data file is empty")
     return examples

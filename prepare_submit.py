@@ -17,20 +17,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import course
+
 MAX_ZIP_BYTES = 10 * 1024 * 1024
-DEFAULT_VARIANT = "layernorm"  # "rmsnorm": the LUH course; "layernorm": the 2025 CMU course
+DEFAULT_VARIANT = course.default().name  # this skeleton's course ("rmsnorm": LUH, "layernorm": CMU 2025)
 
-_RUNS = {"rmsnorm": ("prompting", "finetuning"), "layernorm": ("prompting", "finetuning", "lora")}
-_CODE = {"rmsnorm": ("run_llama.py", "llama.py", "rope.py", "optimizer.py", "classifier.py"),
-         "layernorm": ("run_llama.py", "llama.py", "rope.py", "optimizer.py", "classifier.py", "lora.py")}
-
-# What each course's upstream prepare_submit.py requires (plus the files holding your code).
-REQUIRED_FILES = {
-    variant: frozenset({*_CODE[variant], "generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt",
-                        *(f"{data}-{split}-{run}-output.txt" for data in ("sst", "cfimdb")
-                          for split in ("dev", "test") for run in _RUNS[variant])})
-    for variant in _RUNS
-}
+# What each course's upstream prepare_submit.py requires (plus the files holding your code): course.py.
+REQUIRED_FILES = {c.name: frozenset(c.student_code) | c.output_files() for c in course.COURSES.values()}
 # The outputs of the optional advanced (A+) work: all four or none.
 ADVANCED_FILES = frozenset(f"{data}-{split}-advanced-output.txt" for data in ("sst", "cfimdb")
                            for split in ("dev", "test"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+import course
 from llama import load_pretrained
 from utils import REPO_ROOT, MissingAssetError, require_file
 
@@ -23,8 +24,9 @@ SANITY_TOKENS = [[101, 7592, 2088, 102, 0, 0, 0, 0],
                  [101, 7592, 15756, 2897, 2005, 17953, 2361, 102]]
 CHECKPOINT_HINT = ("download https://www.cs.cmu.edu/~vijayv/stories42M.pt into the repository root, "
                    "or run `bash setup.sh`")
-# The norm each reference file was made with.
-REFERENCES = {"rmsnorm": "sanity_check_rmsnorm.data", "layernorm": "sanity_check_layernorm.data"}
+# The norm each reference file was made with, for the courses of this copy (course.py).
+REFERENCES = {c.norm: c.reference_file(course.SANITY_REFERENCE) for c in course.here()}
+DEFAULT_NORM = "rmsnorm" if "rmsnorm" in REFERENCES else course.default().norm  # stories42M's own norm
 
 
 @torch.no_grad()
@@ -38,8 +40,8 @@ def compute_outputs(checkpoint: Path, norm_type: str) -> dict[str, torch.Tensor]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--norm", choices=list(REFERENCES), default="rmsnorm",
-                        help="the normalisation the model uses (default: rmsnorm, what stories42M was trained with)")
+    parser.add_argument("--norm", choices=list(REFERENCES), default=DEFAULT_NORM,
+                        help=f"the normalisation the model uses (default: {DEFAULT_NORM})")
     parser.add_argument("--checkpoint", type=Path, default=REPO_ROOT / "stories42M.pt",
                         help="the model to check (default: stories42M.pt in the repository root)")
     parser.add_argument("--reference", type=Path, default=None,

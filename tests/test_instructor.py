@@ -138,12 +138,15 @@ def test_syntax_tree_rewrites():
     out = ms.set_assignment("X", {"b": ("f", None)})(source)
     out = ms.set_assignment("C.n", "layernorm")(out)
     out = ms.set_parameter_default("g", "b", 0.0)(out)
-    out = ms.remove_cli_choice("--o", "lora")(out)
-    out = ms.set_cli_default("--o", "q")(out)
+    out = ms.keep_cli_choices("--o", ("p",))(out)
     assert 'X = {"b": ("f", None)}  # keep me' in out and 'n: str = "layernorm"' in out
-    assert "def g(a, b=0.0, *, c=\"x\")" in out and 'choices=["p"], default="q"' in out
+    assert "def g(a, b=0.0, *, c=\"x\")" in out and 'choices=["p"], default="p"' in out
     with pytest.raises(LookupError):
         ms.set_assignment("Y", 1)(source)
+    with pytest.raises(LookupError, match="no choice"):
+        ms.keep_cli_choices("--o", ("p", "ia3"))(source)
+    computed = 'p.add_argument("--o", choices=course.shipped_options(OPTIONS))\n'  # already the course's
+    assert ms.keep_cli_choices("--o", ("p",))(computed) == computed
 
 
 OPTION_SOURCE = '''\
@@ -220,6 +223,7 @@ def test_each_variant_ships_reference_files_the_solution_keeps():
     for spec in ms.VARIANTS.values():
         assert set(spec.references.values()) <= ms.REFERENCE_FILES
         assert {"optimizer_test.npy", "sanity_check.data", "rotary_embedding_actual.data"} == set(spec.references)
+    assert ms.REFERENCE_FILES == {path.name for path in (asset_mirror() / "reference").iterdir()}
 
 
 # ----------------------------------------------------------------------------- the skeletons

@@ -596,12 +596,11 @@ def _top_level_imports(tree: ast.Module) -> set[str]:
     return names
 
 
-def skeleton_source(source: str, path: str, variant: Variant, blank: set[str]) -> str:
-    """One file of the skeleton. A Python file gets the variant's lines selected and its rewrites
-    made, on the whole solution (so a rewrite always finds its target), then the regions in `blank`
-    emptied; any other file only the variant's rewrites."""
-    python = path.endswith(".py")
-    if python:
+def variant_source(source: str, path: str, variant: Variant) -> str:
+    """One solution file as the variant has it, regions still marked: for a Python file the
+    variant's lines selected, then (any file) its rewrites made, on the whole solution, so that a
+    rewrite always finds its target."""
+    if path.endswith(".py"):
         source = select_variant_lines(source, path, variant.name)
     for rewrite in variant.rewrites.get(path, []):
         try:
@@ -609,7 +608,14 @@ def skeleton_source(source: str, path: str, variant: Variant, blank: set[str]) -
         except LookupError as err:
             raise SkeletonError(f"{path}: cannot apply the {variant.name} rewrite "
                                 f"'{rewrite.description}': {err}") from None
-    return fill_regions(source, find_regions(source, path), blank) if python else source
+    return source
+
+
+def skeleton_source(source: str, path: str, variant: Variant, blank: set[str]) -> str:
+    """One file of the skeleton: the variant's (variant_source), with the regions in `blank`
+    emptied in a Python file."""
+    source = variant_source(source, path, variant)
+    return fill_regions(source, find_regions(source, path), blank) if path.endswith(".py") else source
 
 
 def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None = None,

@@ -55,6 +55,24 @@ def small_model(small_config):
 
 
 @pytest.fixture
+def lively_model(small_model):
+    """lively_model(seed=0): a small random model whose next token depends on the context. At the
+    usual initialisation (std 0.02) a tiny model's output is dominated by the current token's own
+    embedding, so greedy decoding repeats the last token whatever came before; weights of
+    std 3/sqrt(fan_in) let attention matter."""
+    def make(seed: int = 0) -> Llama:
+        model = small_model(seed)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if weight.dim() == 2:
+                    scale = 1.0 if name.startswith("tok_embeddings") else 3.0
+                    weight.copy_(scale * torch.randn(weight.shape, generator=generator) / weight.shape[1] ** 0.5)
+        return model
+    return make
+
+
+@pytest.fixture
 def reference_file():
     """reference_file(name): a grader reference file, in the repository root or the $MINLLAMA_ASSETS mirror."""
     def find(name: str) -> Path:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import course
+import llama
 from llama import Llama, sample_next_token
 
 PROBABILITIES = torch.tensor([0.6, 0.3, 0.07, 0.03])
@@ -59,30 +60,39 @@ def greedy_reference(model: Llama, prompt: torch.Tensor, n: int) -> torch.Tensor
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_greedy_generation_crops_the_context(small_model, use_cache):
+def test_greedy_generation_crops_the_context(lively_model, use_cache):
     """5 + 14 tokens: past max_seq_len = 16, so the model must only see the last 16 (with the
     KV cache, the window slides: the cache starts again from the cropped window)."""
-    model = small_model()
+    model = lively_model()
     prompt = torch.randint(0, 96, (2, 5), generator=torch.Generator().manual_seed(1))
     assert torch.equal(model.generate(prompt, 14, temperature=0.0, use_cache=use_cache),
                        greedy_reference(model, prompt, 14))
 
 
-def test_generate_passes_its_sampling_options_on(small_model):
-    """epsilon, top_k and top_p reach sample_next_token: each of these leaves only the argmax."""
+def test_generate_passes_its_sampling_options_on(small_model, monkeypatch):
+    """Every step picks its token with sample_next_token(logits, temperature, epsilon, top_k, top_p),
+    the options given to generate."""
     model = small_model()
-    prompt = torch.randint(0, 96, (2, 4), generator=torch.Generator().manual_seed(1))
-    greedy = model.generate(prompt, 6, temperature=0.0)
-    for only_the_argmax in (dict(epsilon=0.99), dict(top_k=1), dict(top_p=1e-6)):
-        torch.manual_seed(0)
-        assert torch.equal(model.generate(prompt, 6, temperature=1.0, **only_the_argmax), greedy), only_the_argmax
+    seen = []
+
+    def recording_sampler(*args, **kwargs):
+        seen.append(inspect.signature(sample_next_token).bind(*args, **kwargs).arguments)
+        return sample_next_token(*args, **kwargs)
+
+    monkeypatch.setattr(llama, "sample_next_token", recording_sampler)
+    options = dict(temperature=0.7, epsilon=0.01, top_k=5, top_p=0.9)
+    model.generate(torch.randint(0, 96, (2, 4)), 3, **options)
+    assert len(seen) == 3
+    for arguments in seen:
+        assert arguments["logits"].shape == (2, 96)
+        assert {name: arguments.get(name) for name in options} == options
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_generation_of_left_padded_prompts_matches_each_prompt_alone(small_model, use_cache):
+def test_generation_of_left_padded_prompts_matches_each_prompt_alone(lively_model, use_cache):
     """Prompts of 3 and 5 tokens in one batch, the short one left-padded, attention_mask marking the
     real tokens: every row continues as it would alone."""
-    model = small_model()
+    model = lively_model()
     prompts = torch.randint(1, 96, (2, 5), generator=torch.Generator().manual_seed(2))
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     out = model.generate(prompts, 6, temperature=0.0, attention_mask=mask, use_cache=use_cache)
@@ -91,8 +101,8 @@ def test_generation_of_left_padded_prompts_matches_each_prompt_alone(small_model
     assert torch.equal(out[1, 5:], model.generate(prompts[1:], 6, temperature=0.0)[0, 5:])
 
 
-def test_generation_stops_when_every_row_has_a_stop_token(small_model):
-    model = small_model()
+def test_generation_stops_when_every_row_has_a_stop_token(lively_model):
+    model = lively_model()
     prompts = torch.randint(0, 96, (2, 4), generator=torch.Generator().manual_seed(3))
     free = model.generate(prompts, 8, temperature=0.0)
     stop = int(free[0, 6])  # the third token row 0 generates

@@ -238,10 +238,11 @@ def test_model_forward_runs_embedding_layers_norm_output(small_model):
     torch.testing.assert_close(last_logits, model.output(h[:, -1:]))
 
 
-def test_model_forward_with_a_padding_mask_matches_each_row_alone(small_model):
+@pytest.mark.parametrize("fused", [True, False])
+def test_model_forward_with_a_padding_mask_matches_each_row_alone(small_model, fused):
     """attention_mask (1 = token, 0 = pad): a left-padded row gives, at its real tokens, what the
     row alone gives, and its pad positions stay finite (each pad may see itself: no 0/0)."""
-    model = small_model()
+    model = small_model(fused_attention=fused)
     tokens = torch.randint(1, 96, (2, 5), generator=torch.Generator().manual_seed(0))
     _, hidden = model(tokens, attention_mask=LEFT_PADDED)
     assert torch.isfinite(hidden).all()

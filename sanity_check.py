@@ -29,11 +29,21 @@ REFERENCES = {c.norm: c.reference_file(course.SANITY_REFERENCE) for c in course.
 DEFAULT_NORM = "rmsnorm" if "rmsnorm" in REFERENCES else course.default().norm  # stories42M's own norm
 
 
+class SanityInputError(ValueError):
+    """The checkpoint cannot read the sanity batch (its vocabulary is too small)."""
+
+
 @torch.no_grad()
 def compute_outputs(checkpoint: Path, norm_type: str) -> dict[str, torch.Tensor]:
     """The model's {"logits": (2, 1, V), "hidden_states": (2, 8, dim)} on the sanity batch."""
     torch.manual_seed(1337)  # as upstream; in eval mode nothing should depend on it
     model = load_pretrained(checkpoint, norm_type=norm_type)
+    largest_id = max(max(row) for row in SANITY_TOKENS)
+    if model.config.vocab_size <= largest_id:
+        raise SanityInputError(
+            f"{checkpoint} has a vocabulary of {model.config.vocab_size} tokens, but the sanity input uses "
+            f"token ids up to {largest_id} (Llama 2's 32000-token vocabulary): this check needs a model "
+            "with that vocabulary, e.g. stories42M.pt")
     logits, hidden_states = model(torch.tensor(SANITY_TOKENS))
     return {"logits": logits, "hidden_states": hidden_states}
 
@@ -55,7 +65,11 @@ def main() -> int:
         return 1
 
     expected = torch.load(reference, weights_only=True)
-    actual = compute_outputs(checkpoint, args.norm)
+    try:
+        actual = compute_outputs(checkpoint, args.norm)
+    except SanityInputError as err:
+        print(f"Sanity check cannot run: {err}", file=sys.stderr)
+        return 1
     ok = True
     for name in ("logits", "hidden_states"):
         if actual[name].shape != expected[name].shape:

@@ -542,4 +542,19 @@ def test_prepare_submit_names_what_is_wrong(tmp_path):
             archive.writestr(f"abc1/{name}", "x")
         archive.writestr("abc1/weights.npy", os.urandom(11 * 2**20))
     result = _prepare(big, "abc1", "--variant", "rmsnorm", cwd=tmp_path)
-    assert result.returncode == 1 and "10 MB" in result.stderr
+    assert result.returncode == 1 and "10 MB" in result.stderr and "abc1/weights.npy (11.0 MB)" in result.stderr
+
+
+def test_prepare_submit_skips_temporary_files_and_leaves_no_zip_behind(tmp_path):
+    folder = _student_folder(tmp_path / "repo", "rmsnorm")
+    (folder / ".finetune-2-2e-05.pt.4242.tmp").write_bytes(os.urandom(11 * 2**20))  # an interrupted save
+    result = _prepare(folder, "abc1", "--variant", "rmsnorm", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "abc1.zip") as archive:
+        assert not [name for name in archive.namelist() if name.endswith(".tmp")]
+
+    (tmp_path / "abc1.zip").unlink()
+    (folder / "scores.npy").write_bytes(os.urandom(11 * 2**20))  # too big, and not skipped
+    result = _prepare(folder, "abc1", "--variant", "rmsnorm", cwd=tmp_path)
+    assert result.returncode == 1 and "abc1/scores.npy (11.0 MB)" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no zip, no temporary file

@@ -139,6 +139,13 @@ def shipped_options(options) -> tuple[str, ...]:
     return tuple(option for option in options if option in COURSES[THIS_COURSE].options)
 
 
+def output_name(option: str) -> str:
+    """The word an option's prediction files carry, <dataset>-<split>-WORD-output.txt: the course
+    methods' own (prompt -> prompting, finetune -> finetuning), else the option's name."""
+    words = {method.option: method.output for c in COURSES.values() for method in c.methods}
+    return words.get(option, option)
+
+
 def method_modules() -> frozenset[str]:
     """Every file that belongs to a method of some course (lora.py): a skeleton ships only its own."""
     return frozenset(module for course in COURSES.values() for module in course.modules)

@@ -651,7 +651,8 @@ def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None
         target = out_dir / path
         target.parent.mkdir(parents=True, exist_ok=True)
         if path == STRUCTURE:
-            absent = [r for p in sorted(variant.dropped & set(tracked)) for r in find_regions((root / p).read_text(), p)]
+            absent = [region for dropped in sorted(variant.dropped & set(tracked))
+                      for region in find_regions((root / dropped).read_text(), dropped)]
             target.write_text(skeleton_structure((root / path).read_text(), variant.course, files,
                                                  sorted(set(tracked) - set(files)), blanked, absent))
             continue

@@ -101,7 +101,7 @@ MUTATIONS = [
     _m("Llama.forward", "the KV cache handed to the layers", "llama.py",
        [("kv_cache[i] if kv_cache is not None else None)", "None)")], "model_forward_with_a_kv_cache"),
     _m("Llama.forward", "refusing more than max_seq_len positions", "llama.py",
-       [("            raise ValueError(f\"{past + seq_len} positions exceed max_seq_len", "            print(f\"{past + seq_len} positions exceed max_seq_len")],
+       [("raise ValueError(f\"{past + seq_len} positions exceed", "print(f\"{past + seq_len} positions exceed")],
        "model_forward_refuses"),
     _m("Llama.forward", "the embedding dropout", "llama.py",
        [("h = self.dropout(self.tok_embeddings(tokens))", "h = self.tok_embeddings(tokens)")], "embedding_dropout"),

@@ -13,9 +13,9 @@ instructor/make_skeleton.py writes its name into THIS_COURSE. Both courses publi
 reference files under the same upstream names with different contents: the solution keeps each
 under an explicit name, a skeleton ships its own under the upstream name.
 
-A new classification method is one entry in a course's `methods`: its `--option`, the word in
-its output names, the module that holds it (shipped only to the courses that have the method)
-and its reference accuracies.
+A new classification method is one entry in a course's `methods` (or, for a method no course
+teaches, in SOLUTION_ONLY_METHODS): its `--option`, the word in its output names, the module
+that holds it (shipped only to the courses that have the method) and its reference accuracies.
 """
 
 from dataclasses import dataclass
@@ -119,6 +119,8 @@ COURSES = {
     ),
 }
 DEFAULT_COURSE = "layernorm"  # what a tool assumes in the solution, where no course is set
+# Methods of the solution that no course teaches (e.g. a future IA3): their modules never ship.
+SOLUTION_ONLY_METHODS: tuple[Method, ...] = ()
 
 
 def here() -> list[Course]:
@@ -142,10 +144,14 @@ def shipped_options(options) -> tuple[str, ...]:
 def output_name(option: str) -> str:
     """The word an option's prediction files carry, <dataset>-<split>-WORD-output.txt: the course
     methods' own (prompt -> prompting, finetune -> finetuning), else the option's name."""
-    words = {method.option: method.output for c in COURSES.values() for method in c.methods}
+    words = {method.option: method.output for method in all_methods()}
     return words.get(option, option)
 
 
+def all_methods() -> list[Method]:
+    return [method for c in COURSES.values() for method in c.methods] + list(SOLUTION_ONLY_METHODS)
+
+
 def method_modules() -> frozenset[str]:
-    """Every file that belongs to a method of some course (lora.py): a skeleton ships only its own."""
-    return frozenset(module for course in COURSES.values() for module in course.modules)
+    """Every file that belongs to one method (lora.py): a skeleton ships only its course's own."""
+    return frozenset(method.module for method in all_methods() if method.module)

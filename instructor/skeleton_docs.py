@@ -94,7 +94,7 @@ explains the idea. Replace those two lines with your code; keep the names and si
 
 ## How to check your work
 
-    python -m pytest -q tests/student   # one quick test per piece, on small random models
+    python -m pytest -q tests/student   # quick checks of every piece, on small random models
     python rope_test.py                 # prints "Rotary embedding test passed!"
     python optimizer_test.py            # prints "Optimizer test passed!"
     python sanity_check.py              # prints "Your Llama implementation is correct!" (needs stories42M.pt)

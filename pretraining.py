@@ -62,7 +62,10 @@ def choose_tokenizer(choice: ModelChoice, documents: list[str], data: PretrainDa
     if choice.train_tokenizer is not None:
         if dist.is_main:
             corpus = data.corpus if data.corpus is not None else _sentences_file(documents, out_dir)
-            train_sentencepiece(corpus, choice.train_tokenizer, out_dir)
+            try:
+                train_sentencepiece(corpus, choice.train_tokenizer, out_dir)
+            except ValueError as error:
+                raise InputError(str(error)) from None
         dist.barrier()
         return Tokenizer(tokenizer_model=out_dir / "tokenizer.model")
     if choice.tokenizer == "char":
@@ -112,15 +115,15 @@ def read_resume(out_dir: Path) -> dict:
 
 def check_resumable(checkpoint: dict, path: Path, model: Llama, requested: Tokenizer | None) -> None:
     """The run being resumed must be the same architecture, and the same tokenizer if one is asked for."""
+    saved_tokenizer = Tokenizer.from_record(checkpoint["tokenizer"])
+    if requested is not None and tokenizer_fingerprint(saved_tokenizer) != tokenizer_fingerprint(requested):
+        raise InputError(f"--resume: {path} was trained with another tokenizer ({saved_tokenizer.kind}, "
+                         f"{saved_tokenizer.n_words} tokens) than this command's ({requested.kind}, {requested.n_words})")
     saved, wanted = checkpoint["model_args"], model.config.to_dict()
     different = sorted(k for k in wanted if saved.get(k) != wanted[k] and k != "dropout")
     if different:
         raise InputError(f"--resume: {path} is a model with " + ", ".join(f"{k}={saved.get(k)}" for k in different)
                          + "; this command asks for " + ", ".join(f"{k}={wanted[k]}" for k in different))
-    saved_tokenizer = Tokenizer.from_record(checkpoint["tokenizer"])
-    if requested is not None and tokenizer_fingerprint(saved_tokenizer) != tokenizer_fingerprint(requested):
-        raise InputError(f"--resume: {path} was trained with another tokenizer ({saved_tokenizer.kind}, "
-                         f"{saved_tokenizer.n_words} tokens) than this command's ({requested.kind}, {requested.n_words})")
 
 
 class PretrainHooks(RunHooks):

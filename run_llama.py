@@ -172,10 +172,10 @@ def validate(args) -> None:
 def validate_pretrain(args) -> None:
     from config import PRESETS
 
-    if args.max_steps is None:
-        raise RunError("--option pretrain counts optimizer steps: give --max_steps")
     if args.preset is not None and args.preset not in PRESETS:
         raise RunError(f"--preset {args.preset} does not exist: choose one of {', '.join(PRESETS)}")
+    if args.max_steps is None:
+        raise RunError("--option pretrain counts optimizer steps: give --max_steps")
     if args.corpus is None and args.train is None:
         raise RunError("--option pretrain needs a text: --corpus FILE, or --train FILE for its sentences")
     if args.train_tokenizer is not None and (args.tokenizer is not None or args.pretrained_model_path is not None):

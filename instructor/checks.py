@@ -24,13 +24,26 @@ from drawn_inputs import PREFIX, compute, draw
 from sandbox import SCRATCH, View, python_in_prefix, run_limited
 
 
+# The upstream checks' tolerances (torch.allclose's keywords; {}: its defaults, as rope_test.py). The
+# drawn inputs are random normal numbers, some near zero, where allclose's default atol of 1e-8 would
+# fail a correct implementation that merely orders its float32 operations differently.
+UPSTREAM_TOLERANCE = {"rope": {}, "optimizer": {"atol": 1e-5, "rtol": 1e-3}, "sanity": {"atol": 1e-5, "rtol": 1e-3}}
+DRAWN_TOLERANCE = {"atol": 1e-5, "rtol": 1e-3}
+
+
+@dataclass
+class Answer:
+    source: str  # "upstream reference FILE", "inputs drawn with seed S", ...
+    arrays: dict[str, torch.Tensor]  # by the names grader_probe.py writes
+    tolerance: dict
+
+
 @dataclass
 class Expected:
     """What one check's outputs must match, the same for every submission of a run."""
-    answers: dict[str, dict[str, torch.Tensor]]  # source ("upstream reference FILE", ...) -> arrays by name
+    answers: list[Answer]
     drawn_inputs: Path  # the .npz of drawn inputs the probe reads
     probe_args: list[str] = field(default_factory=list)
-    tolerance: dict = field(default_factory=dict)  # {}: torch.allclose's defaults, as rope_test.py
     checkpoint: Path | None = None  # the model the sanity check loads
 
 
@@ -52,30 +65,32 @@ def prepare_expected(references: dict[str, Path | None], norm: str, max_grad_nor
     folder.mkdir(parents=True, exist_ok=True)
     expected = {}
     for check, file in references.items():
+        source = None if file is None else f"upstream reference {file.name}"
         if check == "rope":
-            answers = {f"upstream reference {file.name}": dict(zip(("query", "key"), torch.load(file, weights_only=True)))}
-            probe_args, tolerance, inputs = [], {}, draw(check, seed)
+            upstream = dict(zip(("query", "key"), torch.load(file, weights_only=True)))
+            probe_args, inputs = [], draw(check, seed)
         elif check == "optimizer":
-            answers = {f"upstream reference {file.name}": {"weight": torch.from_numpy(np.load(file))}}
+            upstream = {"weight": torch.from_numpy(np.load(file))}
             probe_args = [] if max_grad_norm is None else ["--max-grad-norm", str(max_grad_norm)]
-            tolerance, inputs = {"atol": 1e-5, "rtol": 1e-3}, draw(check, seed, max_grad_norm)
+            inputs = draw(check, seed, max_grad_norm)
         elif checkpoint is None:
             continue
         else:
             config = load_pretrained(checkpoint, norm_type=norm).config
             if file is not None:
-                answers = {f"upstream reference {file.name}": dict(torch.load(file, weights_only=True))}
+                upstream = dict(torch.load(file, weights_only=True))
             elif config.vocab_size > max(map(max, SANITY_TOKENS)):
-                answers = {"the solution on the upstream batch": compute_outputs(checkpoint, norm)}
+                source, upstream = "the solution on the upstream batch", compute_outputs(checkpoint, norm)
             else:
-                answers = {}
-            probe_args = ["--norm", norm] + ([] if answers else ["--drawn-only"])
-            tolerance = {"atol": 1e-5, "rtol": 1e-3}
+                upstream = None
+            probe_args = ["--norm", norm] + ([] if upstream else ["--drawn-only"])
             inputs = draw(check, seed, vocab_size=config.vocab_size, max_seq_len=config.max_seq_len)
+        answers = [Answer(source, upstream, UPSTREAM_TOLERANCE[check])] if upstream else []
         np.savez(folder / f"{check}.npz", **inputs)
         on_drawn = compute(check, inputs, str(checkpoint), norm)
-        answers[f"inputs drawn with seed {seed}"] = {PREFIX + name: value for name, value in on_drawn.items()}
-        expected[check] = Expected(answers, folder / f"{check}.npz", probe_args, tolerance,
+        answers.append(Answer(f"inputs drawn with seed {seed}",
+                              {PREFIX + name: value for name, value in on_drawn.items()}, DRAWN_TOLERANCE))
+        expected[check] = Expected(answers, folder / f"{check}.npz", probe_args,
                                    checkpoint if check == "sanity" else None)
     return expected
 
@@ -83,14 +98,14 @@ def prepare_expected(references: dict[str, Path | None], norm: str, max_grad_nor
 def compare(actual: dict[str, torch.Tensor], expected: Expected) -> list[str]:
     """What differs from each source of expected outputs; empty if everything matches."""
     problems = []
-    for source, answers in expected.answers.items():
-        for name, want in answers.items():
+    for answer in expected.answers:
+        for name, want in answer.arrays.items():
             got, want = actual.get(name), want.float()
             if got is None or got.shape != want.shape:
-                problems.append(f"{source}: {name}: expected shape {tuple(want.shape)}, got "
+                problems.append(f"{answer.source}: {name}: expected shape {tuple(want.shape)}, got "
                                 f"{'nothing' if got is None else tuple(got.shape)}")
-            elif not torch.allclose(got, want, **expected.tolerance):
-                problems.append(f"{source}: {name}: max abs difference {(got - want).abs().max().item():.3g}")
+            elif not torch.allclose(got, want, **answer.tolerance):
+                problems.append(f"{answer.source}: {name}: max abs difference {(got - want).abs().max().item():.3g}")
     return problems
 
 

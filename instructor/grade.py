@@ -234,7 +234,7 @@ def grade_submission(submission: Path, name: str, args, expected: dict[str, Expe
         result = run_check(check, expected[check], work / "run", sandbox, args.timeout, args.memory_mb)
         report["checks"][check] = {"status": result.status, "detail": result.detail,
                                    "seconds": round(result.seconds, 2), "sandbox": sandbox.description,
-                                   "compared with": list(expected[check].answers)}
+                                   "compared with": [answer.source for answer in expected[check].answers]}
         if check == "sanity":
             report["checks"][check]["checkpoint"] = str(args.checkpoint)
     report["predictions"] = score_all(code, args.data_dir, args.variant)

@@ -67,8 +67,10 @@ def markdown_report(report: dict) -> str:
         lines += ["## Grader checks", "", "| check | status | detail | compared with | sandbox | seconds |",
                   "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {name} | {c['status']} | {c['detail'].replace('|', '/')} | "
-                  f"{'; '.join(c.get('compared with', []))} | {c.get('sandbox', '')} | {c.get('seconds', '')} |"
-                  for name, c in report["checks"].items()] + [""]
+                  f"{'; '.join(c.get('compared with', []))} | {c.get('sandbox', 'not run').split(':')[0]} | "
+                  f"{c.get('seconds', '')} |" for name, c in report["checks"].items()] + [""]
+        for sandbox in sorted({c["sandbox"] for c in report["checks"].values() if "sandbox" in c}):
+            lines += [f"Sandbox {sandbox}.", ""]
         if report["checks"].get("sanity", {}).get("checkpoint"):
             lines += [f"The sanity check ran on `{report['checks']['sanity']['checkpoint']}`.", ""]
     if report.get("support_modules_from_solution"):

@@ -85,7 +85,7 @@ class Bubblewrap:
             elif os.path.isdir(top):
                 args += ["--ro-bind", top, top]
         for prefix in sorted({str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}):
-            if not prefix.startswith("/usr/"):
+            if not Path(prefix).is_relative_to("/usr"):
                 args += ["--ro-bind", prefix, prefix]
         return args
 

@@ -33,6 +33,7 @@ from llama import Llama
 from utils import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "instructor"))
+import checks  # noqa: E402
 import drawn_inputs  # noqa: E402
 import grade  # noqa: E402
 import sandbox  # noqa: E402
@@ -232,13 +233,13 @@ def batch(tmp_path_factory):
     outside.mkdir()
     submissions += list(hostile_zips(tmp, outside).values())
 
-    # 20 s per check: the passing ones take 2-6 s on two busy cores, and the hanging one's 20 s
+    # 40 s per check: the passing ones take 5-15 s on two busy cores, and the hanging one's 40 s
     # pass while the others are graded.
     try:
         code = grade.main([*map(str, submissions), "--out", str(out), "--checkpoint", str(checkpoint),
                            "--reference-dir", str(references), "--data-dir", str(data_dir),
                            "--perplexity-model", str(checkpoint), "--tokenizer", str(tokenizer),
-                           "--max-perplexity", "1e9", "--timeout", "20", "--memory-mb", "1500",
+                           "--max-perplexity", "1e9", "--timeout", "40", "--memory-mb", "1500",
                            "--max-bytes", str(16 * 2**20), "--jobs", "3",
                            *([] if sandboxed else ["--unsafe-no-sandbox"])])
     finally:
@@ -491,7 +492,45 @@ def test_a_correct_adamw_written_differently_passes_the_drawn_check(monkeypatch,
         solution = drawn_inputs.compute("optimizer", inputs)["weight"]
         monkeypatch.setitem(sys.modules, "optimizer", textbook_module)
         textbook = drawn_inputs.compute("optimizer", inputs)["weight"]
-        assert torch.allclose(textbook, solution, atol=1e-5, rtol=1e-3), (seed, textbook - solution)
+        assert torch.allclose(textbook, solution, **checks.DRAWN_TOLERANCE), (seed, textbook - solution)
+
+
+def complex_rope(query, key, head_dim, max_seq_len, theta=10000.0, positions=None):
+    """RoPE as Meta's reference code writes it: each pair a complex number, multiplied by e^(i angle)."""
+    frequencies = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(query.shape[1]).float(), frequencies)  # (T, head_dim // 2)
+    rotation = torch.polar(torch.ones_like(angles), angles)[None, :, None, :]
+
+    def rotate(x):
+        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
+        return torch.view_as_real(pairs * rotation).flatten(-2)
+    return rotate(query), rotate(key)
+
+
+def double_precision_angle_rope(query, key, head_dim, max_seq_len, theta=10000.0, positions=None):
+    """The angles in float64, then rounded: more exact, so it differs from the solution in the last
+    bits, which fails torch.allclose's default atol of 1e-8 on entries near zero."""
+    frequencies = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(query.shape[1], dtype=torch.float64), frequencies)
+    cos, sin = angles.cos().float()[None, :, None, :], angles.sin().float()[None, :, None, :]
+
+    def rotate(x):
+        even, odd = x[..., 0::2], x[..., 1::2]
+        return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+    return rotate(query), rotate(key)
+
+
+@pytest.mark.parametrize("variant", [complex_rope, double_precision_angle_rope])
+def test_a_correct_rope_written_differently_passes_the_drawn_check(monkeypatch, variant):
+    import rope as solution_module
+    for seed in range(5):
+        inputs = drawn_inputs.draw("rope", seed)
+        monkeypatch.setitem(sys.modules, "rope", solution_module)
+        solution = drawn_inputs.compute("rope", inputs)
+        monkeypatch.setitem(sys.modules, "rope", types.SimpleNamespace(apply_rotary_emb=variant))
+        other = drawn_inputs.compute("rope", inputs)
+        for name in ("query", "key"):
+            assert torch.allclose(other[name], solution[name], **checks.DRAWN_TOLERANCE), (seed, name)
 
 
 def test_folder_submissions_are_copied_without_following_symlinks(tmp_path):

@@ -90,10 +90,11 @@ class Bubblewrap:
         return args
 
     def wrap(self, command: list[str], views: list[View], cwd: View | None) -> list[str]:
-        args = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-                *self._system(), "--proc", "/proc", "--dev", "/dev"]
+        args = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         for view in views:
             args += ["--bind" if view.writable else "--ro-bind", str(view.host), self.path(view)]
+        # After the views: a virtual environment under /tmp stays visible above the scratch /tmp.
+        args += [*self._system(), "--proc", "/proc", "--dev", "/dev"]
         if cwd is not None:
             args += ["--chdir", self.path(cwd)]
         return [*args, "--", *command]

@@ -445,6 +445,24 @@ def test_the_sandbox_sees_only_its_views(tmp_path):
     assert (tmp_path / "rw" / "x").exists()
 
 
+def test_a_checkpoint_too_small_for_the_upstream_batch_is_checked_on_drawn_tokens(stories260k_path, tmp_path):
+    """stories260K's 512-token vocabulary cannot take the upstream sanity batch (ids up to 17953):
+    the sanity check then runs on drawn token ids only, and the solution passes it."""
+    expected = checks.prepare_expected({"sanity": None}, "rmsnorm", None, stories260k_path, 3, tmp_path / "drawn")
+    sanity = expected["sanity"]
+    assert [answer.source for answer in sanity.answers] == ["inputs drawn with seed 3"]
+    assert "--drawn-only" in sanity.probe_args
+    assert int(np.load(sanity.drawn_inputs)["tokens"].max()) < 512
+    code = tmp_path / "submission"
+    code.mkdir()
+    for name, text in solution_code().items():
+        (code / name).write_text(text)
+    grade.prepare_run_folder(code, tmp_path / "run")
+    result = checks.run_check("sanity", sanity, tmp_path / "run", working_bubblewrap() or sandbox.Unsandboxed(),
+                              timeout_s=120, memory_mb=2000)
+    assert result.status == "passed", result
+
+
 def test_drawn_inputs_depend_on_the_seed_only():
     for check in ("rope", "optimizer", "sanity"):
         first, again, other = (drawn_inputs.draw(check, seed, max_grad_norm=0.9) for seed in (1, 1, 2))

@@ -82,6 +82,8 @@ class Tokenizer:
     """
 
     def __init__(self, max_len: int | None = None, tokenizer_model=None):
+        if tokenizer_model is not None and Path(tokenizer_model).is_dir():  # a Hugging Face folder
+            tokenizer_model = Path(tokenizer_model) / "tokenizer.json"
         self.model_path = require_file(tokenizer_model or TOKENIZER_MODEL, HOW_TO_GET)
         self.max_len = max_len
         self.chat_template = None
@@ -150,6 +152,12 @@ class Tokenizer:
             content = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: not a valid JSON tokenizer file: {error}") from None
+        if "model" in content:  # the `tokenizers` library's tokenizer.json, as in Hugging Face folders
+            from hf_tokenizer import read_tokenizer_json
+            found = read_tokenizer_json(path)
+            self._use_bpe(found["bpe"], found["bos_id"], found["eos_id"], found["pad_id"], found["add_bos"])
+            self.chat_template = found["chat_template"]
+            return
         if content.get("type") != "char" or not isinstance(content.get("chars"), str):
             raise ValueError(f"{path}: a JSON tokenizer file must be {{\"type\": \"char\", \"chars\": \"...\"}}")
         self._use_chars(content["chars"])
@@ -242,9 +250,9 @@ class Tokenizer:
 def tokenizer_for_checkpoint(checkpoint, max_len: int | None = None) -> Tokenizer:
     """The tokenizer a checkpoint was trained with: the record a checkpoint of ours carries, a GGUF
     file's own vocabulary, else Llama 2's tokenizer.model (llama2.c's and the course's files)."""
-    path = require_file(checkpoint)
+    path = Path(checkpoint) if Path(checkpoint).is_dir() else require_file(checkpoint)
     kind = checkpoint_format(path)
-    if kind == "gguf":
+    if kind in ("gguf", "hf"):
         return Tokenizer(max_len, tokenizer_model=path)
     if kind == "torch":
         record = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("tokenizer")

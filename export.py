@@ -52,6 +52,9 @@ def export(checkpoint, out, fmt: str, tokenizer_path=None) -> Path:
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (choose {', '.join(FORMATS)})")
+    out = Path(out)
+    if fmt == "hf" and out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise FileExistsError(f"{out}: already exists; export to a new folder (or remove it first)")
     model = load_pretrained(checkpoint)
     config, state_dict = model.config, model.state_dict()
     _check_portable(config, fmt)
@@ -62,7 +65,6 @@ def export(checkpoint, out, fmt: str, tokenizer_path=None) -> Path:
         if tokenizer.n_words > config.vocab_size:
             raise ExportError(f"the tokenizer has {tokenizer.n_words} pieces but {checkpoint} has only "
                               f"{config.vocab_size} embedding rows: give its own with --tokenizer")
-    out = Path(out)
     if fmt == "llama2c":
         write_file_atomically(out, lambda path: write_llama2c(path, config, state_dict))
     elif fmt == "gguf":

@@ -24,10 +24,12 @@ def save_tiny(path, tokenizer, **overrides) -> Llama:
     args = dict(vocab_size=tokenizer.n_words, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
                 max_seq_len=32, tie_word_embeddings=False)
     model = Llama(LlamaConfig(**{**args, **overrides})).eval()
-    with torch.no_grad():  # RMSNorm weights start at one: make them differ, so a swapped block shows
+    with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("norm.weight"):
+            if name.endswith("norm.weight"):  # they start at one: make them differ, so a swapped block shows
                 parameter.uniform_(0.5, 1.5)
+            elif "compute_query" in name or "compute_key" in name:  # sharp attention: positions matter
+                parameter.normal_(0.0, 0.5)
     torch.save({"model_args": model.config.to_dict(), "model": model.state_dict(),
                 "tokenizer": tokenizer.to_record()}, path)
     return model

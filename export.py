@@ -35,6 +35,7 @@ import torch
 from checkpoints import GGUF_LAYER_NAMES, GGUF_MODEL_NAMES, LLAMA2C_MAGIC, CheckpointError
 from config import LlamaConfig
 from hf_checkpoint import hf_config, hf_state_dict, write_folder_atomically
+from hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, sentencepiece_pieces
 from utils import require_file
 
 FORMATS = ("llama2c", "gguf", "hf")
@@ -175,17 +176,9 @@ def gguf_tokenizer_metadata(tokenizer, vocab_size: int) -> list[tuple[str, objec
     `tokenizer.ggml.model = "llama"` with pieces, scores and piece types, for byte-level BPE "gpt2"
     with pieces, merges and the pre-tokenizer's name. Rows of the embedding past the tokenizer get
     unused placeholder pieces, since GGUF readers take the vocabulary size from the piece list."""
-    import gguf
-
-    types = gguf.TokenType
     if tokenizer.kind == "sentencepiece":
-        sp = tokenizer.sp
-        pieces = [sp.id_to_piece(i) for i in range(sp.vocab_size())]
-        scores = [sp.get_score(i) for i in range(sp.vocab_size())]
-        kinds = [types.UNKNOWN if sp.is_unknown(i) else types.CONTROL if sp.is_control(i) else
-                 types.BYTE if sp.is_byte(i) else types.UNUSED if sp.is_unused(i) else types.NORMAL
-                 for i in range(sp.vocab_size())]
-        model = [("add_tokenizer_model", "llama"), ("add_unk_token_id", sp.unk_id())]
+        pieces, scores, kinds = sentencepiece_pieces(tokenizer.sp)
+        model = [("add_tokenizer_model", "llama"), ("add_unk_token_id", tokenizer.sp.unk_id())]
     elif tokenizer.kind == "bpe":
         content = json.loads(tokenizer.bpe.to_str())
         if content["model"]["type"] != "BPE" or not content["model"].get("merges"):
@@ -193,8 +186,7 @@ def gguf_tokenizer_metadata(tokenizer, vocab_size: int) -> list[tuple[str, objec
         added = {token["id"]: token["special"] for token in content.get("added_tokens", [])}
         pieces = [tokenizer.bpe.id_to_token(i) for i in range(tokenizer.n_words)]
         scores = [0.0] * len(pieces)
-        kinds = [types.NORMAL if i not in added else types.CONTROL if added[i] else types.USER_DEFINED
-                 for i in range(len(pieces))]
+        kinds = [NORMAL if i not in added else CONTROL if added[i] else USER_DEFINED for i in range(len(pieces))]
         merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in content["model"]["merges"]]
         model = [("add_tokenizer_model", "gpt2"), ("add_tokenizer_pre", gguf_pre_tokenizer(content)),
                  ("add_token_merges", merges)]
@@ -206,7 +198,7 @@ def gguf_tokenizer_metadata(tokenizer, vocab_size: int) -> list[tuple[str, objec
     pieces += [f"[PAD{i}]" for i in range(len(pieces), vocab_size)]
     metadata = model + [
         ("add_token_list", pieces), ("add_token_scores", scores + [-1e4] * padding),
-        ("add_token_types", kinds + [types.UNUSED] * padding),
+        ("add_token_types", kinds + [UNUSED] * padding),
         ("add_bos_token_id", tokenizer.bos_id), ("add_eos_token_id", tokenizer.eos_id),
         ("add_pad_token_id", tokenizer.pad_id), ("add_add_bos_token", tokenizer.add_bos),
         ("add_add_eos_token", False)]

@@ -77,23 +77,32 @@ def _json_or_empty(path: Path) -> dict:
     return content if isinstance(content, dict) else {}
 
 
-def sentencepiece_as_bpe(sp) -> BPETokenizer:
-    """A `tokenizers` BPE that encodes and decodes like the SentencePiece BPE model `sp`."""
-    n = sp.vocab_size()
-    pieces = [sp.id_to_piece(i) for i in range(n)]
+# llama.cpp's piece types (gguf.TokenType), which both GGUF files and this module use
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(1, 7)
+
+
+def sentencepiece_pieces(sp) -> tuple[list[str], list[float], list[int]]:
+    """The pieces, scores and llama.cpp piece types of a SentencePieceProcessor."""
+    ids = range(sp.vocab_size())
+    kinds = [UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else BYTE if sp.is_byte(i)
+             else UNUSED if sp.is_unused(i) else NORMAL for i in ids]
+    return [sp.id_to_piece(i) for i in ids], [sp.get_score(i) for i in ids], kinds
+
+
+def sentencepiece_as_bpe(pieces: list[str], scores: list[float], kinds: list[int]) -> BPETokenizer:
+    """A `tokenizers` BPE that encodes and decodes like the SentencePiece BPE model with these
+    pieces, scores and piece types (see sentencepiece_pieces; a GGUF file stores the same three)."""
     vocab = {piece: i for i, piece in enumerate(pieces)}
-    special = [i for i in range(n) if sp.is_control(i) or sp.is_unknown(i)]
-    mergeable = {pieces[i] for i in range(n) if not (sp.is_control(i) or sp.is_unknown(i)
-                                                     or sp.is_byte(i) or sp.is_unused(i))}
-    merges = []  # (score of the union, left, right)
+    mergeable = {piece for piece, kind in zip(pieces, kinds) if kind in (NORMAL, USER_DEFINED)}
+    merges = []  # (score of the union, left id, right id, left, right)
     for piece in mergeable:
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
             if left in mergeable and right in mergeable:
-                merges.append((sp.get_score(vocab[piece]), vocab[left], vocab[right], left, right))
+                merges.append((scores[vocab[piece]], vocab[left], vocab[right], left, right))
     merges.sort(key=lambda merge: (-merge[0], merge[1], merge[2]))  # best union first; ties by id
 
-    unk = pieces[sp.unk_id()] if sp.unk_id() >= 0 else None
+    unk = next((piece for piece, kind in zip(pieces, kinds) if kind == UNKNOWN), None)
     bpe = BPETokenizer(models.BPE(vocab=vocab, merges=[(left, right) for *_, left, right in merges],
                                   unk_token=unk, fuse_unk=True, byte_fallback=True))
     # A space is "▁", and one is put in front of the text (SentencePiece's add_dummy_prefix), even
@@ -101,7 +110,10 @@ def sentencepiece_as_bpe(sp) -> BPETokenizer:
     bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
-    bpe.add_special_tokens([AddedToken(pieces[i], special=True, normalized=False) for i in special])
+    # Control pieces (<s>, </s>) written in a text are read as themselves, as transformers does
+    # (SentencePiece would spell them out); decode leaves them out.
+    bpe.add_special_tokens([AddedToken(piece, special=True, normalized=False)
+                            for piece, kind in zip(pieces, kinds) if kind in (CONTROL, UNKNOWN)])
     return bpe
 
 
@@ -121,7 +133,7 @@ def write_tokenizer_files(tokenizer, folder: Path, max_seq_len: int) -> dict[str
     if tokenizer.kind == "bpe":
         bpe = BPETokenizer.from_str(tokenizer.bpe.to_str())
     elif tokenizer.kind == "sentencepiece":
-        bpe = sentencepiece_as_bpe(tokenizer.sp)
+        bpe = sentencepiece_as_bpe(*sentencepiece_pieces(tokenizer.sp))
     else:
         from tokenizer import CHAR_SPECIALS
         bpe = char_as_bpe(CHAR_SPECIALS, tokenizer.chars)

@@ -199,23 +199,28 @@ class Tokenizer:
                 raise CheckpointError(f"{path}: GGUF metadata lacks tokenizer.ggml.{key}")
             return value
 
-        if metadata("model") != "gpt2":
-            raise CheckpointError(f"{path}: GGUF tokenizer {metadata('model')!r} is not supported "
-                                  "(only byte-level BPE, 'gpt2')")
-        pre = gguf_metadata(reader, "tokenizer.ggml.pre", "default")
-        if pre not in GGUF_PRE_TOKENIZERS:
-            raise CheckpointError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported "
-                                  f"(known: {', '.join(sorted(GGUF_PRE_TOKENIZERS))})")
-        pieces, types = metadata("tokens"), metadata("token_type")
-        vocab = {piece: i for i, piece in enumerate(pieces)}
-        merges = [tuple(merge.split(" ")) for merge in metadata("merges")]
-        bpe = BPETokenizer(models.BPE(vocab=vocab, merges=merges))
-        bpe.pre_tokenizer = GGUF_PRE_TOKENIZERS[pre]()
-        bpe.decoder = decoders.ByteLevel()
-        # Control pieces such as <|im_start|> are matched whole in the text (chat templates write
-        # them), never split into bytes; decode leaves them out, as SentencePiece drops BOS/EOS.
-        bpe.add_special_tokens([AddedToken(piece, special=True, normalized=False)
-                                for piece, kind in zip(pieces, types) if kind == CONTROL])
+        vocabulary = metadata("model")
+        if vocabulary not in ("gpt2", "llama"):
+            raise CheckpointError(f"{path}: GGUF tokenizer {vocabulary!r} is not supported "
+                                  "(only byte-level BPE, 'gpt2', and SentencePiece BPE, 'llama')")
+        if vocabulary == "llama":  # rebuilt as the `tokenizers` BPE that gives SentencePiece's ids
+            from hf_tokenizer import sentencepiece_as_bpe
+            bpe = sentencepiece_as_bpe(metadata("tokens"), metadata("scores"), metadata("token_type"))
+        else:
+            pre = gguf_metadata(reader, "tokenizer.ggml.pre", "default")
+            if pre not in GGUF_PRE_TOKENIZERS:
+                raise CheckpointError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported "
+                                      f"(known: {', '.join(sorted(GGUF_PRE_TOKENIZERS))})")
+            pieces, types = metadata("tokens"), metadata("token_type")
+            vocab = {piece: i for i, piece in enumerate(pieces)}
+            merges = [tuple(merge.split(" ")) for merge in metadata("merges")]
+            bpe = BPETokenizer(models.BPE(vocab=vocab, merges=merges))
+            bpe.pre_tokenizer = GGUF_PRE_TOKENIZERS[pre]()
+            bpe.decoder = decoders.ByteLevel()
+            # Control pieces such as <|im_start|> are matched whole in the text (chat templates write
+            # them), never split into bytes; decode leaves them out, as SentencePiece drops BOS/EOS.
+            bpe.add_special_tokens([AddedToken(piece, special=True, normalized=False)
+                                    for piece, kind in zip(pieces, types) if kind == CONTROL])
 
         eos_id = metadata("eos_token_id")
         self._use_bpe(bpe, metadata("bos_token_id"), eos_id,

@@ -13,7 +13,7 @@ from checkpoints import read_checkpoint
 from config import LlamaConfig
 from llama import Llama
 from tests.conftest import require_module
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, tokenizer_for_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,8 +124,12 @@ def check_gguf_against_transformers(model, path, tokenizer, texts):
 def test_gguf_export_with_sentencepiece_matches_transformers(tmp_path, sentencepiece):
     # (Not a text that starts with a space: transformers rebuilds a GGUF SentencePiece vocabulary
     # with pre_tokenizers.Metaspace, which puts no "▁" before one, where SentencePiece does.)
-    check_gguf_against_transformers(*exported_gguf(tmp_path, sentencepiece), sentencepiece,
-                                    ["Once upon a time, a cat sat.", "Ünïcode 日本語 and bytes: 😀", "two  spaces"])
+    texts = ["Once upon a time, a cat sat.", "Ünïcode 日本語 and bytes: 😀", "two  spaces"]
+    model, path = exported_gguf(tmp_path, sentencepiece)
+    check_gguf_against_transformers(model, path, sentencepiece, texts)
+    ours_again = tokenizer_for_checkpoint(path)  # our reader rebuilds the vocabulary from the metadata
+    for text in texts + ["  leading spaces"]:
+        assert ours_again.encode(text, bos=True, eos=True) == sentencepiece.encode(text, bos=True, eos=True), text
 
 
 @pytest.fixture(scope="module")

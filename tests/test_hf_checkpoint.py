@@ -12,7 +12,7 @@ import torch
 import export
 from checkpoints import CheckpointError, read_checkpoint
 from config import LlamaConfig
-from hf_tokenizer import sentencepiece_as_bpe
+from hf_tokenizer import sentencepiece_as_bpe, sentencepiece_pieces
 from llama import Llama, load_pretrained
 from tests.conftest import require_module
 from tokenizer import Tokenizer, tokenizer_for_checkpoint
@@ -105,7 +105,7 @@ SP_TEXTS = ["Hello world", " leading space", "two  spaces   three", "tab\there\n
 def test_sentencepiece_as_tokenizers_bpe_gives_sentencepieces_ids(tokenizer_model_path, sst_dev_path):
     """Reference: the SentencePiece library itself, on the SST dev sentences and awkward strings."""
     sp = Tokenizer(tokenizer_model=tokenizer_model_path).sp
-    bpe = sentencepiece_as_bpe(sp)
+    bpe = sentencepiece_as_bpe(*sentencepiece_pieces(sp))
     texts = SP_TEXTS + [line.split("|||")[-1].strip() for line in sst_dev_path.read_text().splitlines()]
     for text in texts:
         ids = sp.encode(text)

@@ -70,6 +70,8 @@ class Tokenizer:
     long to end within max_len.
 
     A character vocabulary is a JSON file `{"type": "char", "chars": "..."}` (what `save` writes).
+    A Hugging Face `tokenizer.json`, or a folder holding one, gives a "bpe" tokenizer with the
+    special ids, BOS rule and chat template of the `tokenizer_config.json` beside it (hf_tokenizer.py).
 
     Attributes: `bos_id`, `eos_id`, `pad_id` (SentencePiece: the byte piece `<0x00>`, id 3,
     a real embedding row for a byte that never occurs in text; GGUF: its padding id), `n_words`,

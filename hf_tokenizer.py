@@ -27,6 +27,14 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
+def tokenizer_json_in(folder: Path) -> Path:
+    """The tokenizer.json of a Hugging Face folder, or CheckpointError saying it lacks one."""
+    if not (folder / TOKENIZER_JSON).is_file():
+        raise CheckpointError(f"{folder}: has no {TOKENIZER_JSON}, so its tokenizer is unknown "
+                              "(pass a tokenizer file explicitly, e.g. --tokenizer)")
+    return folder / TOKENIZER_JSON
+
+
 def read_tokenizer_json(path: Path) -> dict:
     """What tokenizer.Tokenizer needs from a tokenizer.json and the files beside it:
     {"bpe", "bos_id", "eos_id", "pad_id", "add_bos", "chat_template"}."""

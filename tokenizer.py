@@ -85,7 +85,8 @@ class Tokenizer:
 
     def __init__(self, max_len: int | None = None, tokenizer_model=None):
         if tokenizer_model is not None and Path(tokenizer_model).is_dir():  # a Hugging Face folder
-            tokenizer_model = Path(tokenizer_model) / "tokenizer.json"
+            from hf_tokenizer import tokenizer_json_in
+            tokenizer_model = tokenizer_json_in(Path(tokenizer_model))
         self.model_path = require_file(tokenizer_model or TOKENIZER_MODEL, HOW_TO_GET)
         self.max_len = max_len
         self.chat_template = None

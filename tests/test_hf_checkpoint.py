@@ -177,6 +177,16 @@ def test_a_missing_shard_is_named(tmp_path):
         read_checkpoint(tmp_path)
 
 
+def test_a_truncated_shard_and_a_folder_without_tokenizer_are_named(tmp_path):
+    hf_tiny(tmp_path)
+    with pytest.raises(CheckpointError, match="has no tokenizer.json"):
+        tokenizer_for_checkpoint(tmp_path)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot read it as safetensors"):
+        read_checkpoint(tmp_path)
+
+
 def test_a_tensor_the_config_does_not_have_is_named(tmp_path):
     hf_tiny(tmp_path)
     edit_config(tmp_path, num_hidden_layers=1)

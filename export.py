@@ -26,7 +26,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -93,13 +92,12 @@ def _check_portable(config: LlamaConfig, fmt: str) -> None:
 def write_file_atomically(path: Path, write) -> None:
     """Call write(temporary path) for a file beside `path`, then rename it to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(Path(temporary))
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
@@ -230,6 +228,9 @@ def write_hf(folder: Path, config: LlamaConfig, state_dict: dict[str, torch.Tens
 
     special_ids = write_tokenizer_files(tokenizer, folder, config.max_seq_len)
     save_file(hf_state_dict(config, state_dict), folder / "model.safetensors", metadata={"format": "pt"})
+    umask = os.umask(0)  # safetensors creates its file readable by the owner only: give it the usual mode
+    os.umask(umask)
+    os.chmod(folder / "model.safetensors", 0o666 & ~umask)
     (folder / "config.json").write_text(json.dumps(hf_config(config, special_ids), indent=2) + "\n")
     generation = {"bos_token_id": special_ids["bos_token_id"], "eos_token_id": special_ids["eos_token_id"]}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

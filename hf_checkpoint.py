@@ -22,7 +22,6 @@ permutation on reading and redo it on writing.
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -270,7 +269,9 @@ def write_folder_atomically(out: Path, write) -> None:
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise FileExistsError(f"{out}: already exists; export to a new folder (or remove it first)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run of this process id
+    tmp.mkdir()
     try:
         write(tmp)
         if out.exists():

@@ -65,6 +65,18 @@ def test_a_transformers_folder_loads_with_its_logits(tmp_path, overrides):
     torch.testing.assert_close(logits_of(ours, TOKENS), logits_of(theirs, TOKENS), rtol=0, atol=1e-4)
 
 
+def test_the_transformers_4_spelling_of_rope_settings_reads_alike(tmp_path):
+    """Folders on the Hub (Llama-3.2-1B's) say rope_theta and rope_scaling; transformers 5 writes rope_parameters."""
+    theirs = hf_tiny(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    parameters = config.pop("rope_parameters")
+    config["rope_theta"] = parameters.pop("rope_theta")
+    config["rope_scaling"], config["torch_dtype"] = parameters, config.pop("dtype")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    torch.testing.assert_close(logits_of(load_pretrained(tmp_path), TOKENS), logits_of(theirs, TOKENS),
+                               rtol=0, atol=1e-4)
+
+
 def test_llama3_scaling_changes_the_logits(tmp_path):
     """The scaled frequency table is really used: without it the same weights give other logits."""
     hf_tiny(tmp_path)

@@ -226,7 +226,9 @@ def write_hf(folder: Path, config: LlamaConfig, state_dict: dict[str, torch.Tens
 
     from hf_tokenizer import write_tokenizer_files
 
-    special_ids = write_tokenizer_files(tokenizer, folder, config.max_seq_len)
+    write_tokenizer_files(tokenizer, folder, config.max_seq_len)
+    special_ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+                   "pad_token_id": tokenizer.pad_id}
     save_file(hf_state_dict(config, state_dict), folder / "model.safetensors", metadata={"format": "pt"})
     umask = os.umask(0)  # safetensors creates its file readable by the owner only: give it the usual mode
     os.umask(umask)

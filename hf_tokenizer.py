@@ -15,6 +15,7 @@ could also read tokenizer.model itself, but only with the protobuf package insta
 """
 
 import json
+import os
 from pathlib import Path
 
 from tokenizers import AddedToken, decoders, models, normalizers, processors
@@ -134,10 +135,10 @@ def char_as_bpe(specials: tuple[str, ...], chars: str) -> BPETokenizer:
     return bpe
 
 
-def write_tokenizer_files(tokenizer, folder: Path, max_seq_len: int) -> dict[str, int]:
+def write_tokenizer_files(tokenizer, folder: Path, max_seq_len: int | None = None) -> Path:
     """Write tokenizer.json and tokenizer_config.json for a tokenizer.Tokenizer into `folder`, so
-    that transformers' AutoTokenizer gives the ids our `encode(text, bos=True, eos=False)` gives.
-    Returns the special ids for config.json."""
+    that transformers' AutoTokenizer, and Tokenizer(tokenizer_model=...) here, give the ids our
+    `encode(text, bos=True, eos=False)` gives. Returns the tokenizer.json path."""
     if tokenizer.kind == "bpe":
         bpe = BPETokenizer.from_str(tokenizer.bpe.to_str())
     elif tokenizer.kind == "sentencepiece":
@@ -151,11 +152,19 @@ def write_tokenizer_files(tokenizer, folder: Path, max_seq_len: int) -> dict[str
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_id)])
     else:
         bpe.post_processor = None
-    bpe.save(str(folder / TOKENIZER_JSON))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos,
               "pad_token": pad, "add_bos_token": tokenizer.add_bos, "add_eos_token": False,
-              "model_max_length": max_seq_len, "clean_up_tokenization_spaces": False}
+              "clean_up_tokenization_spaces": False}
+    if max_seq_len is not None:
+        config["model_max_length"] = max_seq_len
     if tokenizer.chat_template is not None:
         config["chat_template"] = tokenizer.chat_template
-    (folder / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    _write_atomically(folder / TOKENIZER_CONFIG, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    _write_atomically(folder / TOKENIZER_JSON, bpe.to_str(pretty=True))
+    return folder / TOKENIZER_JSON
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)

@@ -141,8 +141,9 @@ class Tokenizer:
         char_tokenizer.json. Returns its path."""
         if self.kind == "sentencepiece":
             path, data = Path(folder) / "tokenizer.model", self.sp.serialized_model_proto()
-        elif self.kind == "bpe":
-            path, data = Path(folder) / "tokenizer.json", self.bpe.to_str().encode()
+        elif self.kind == "bpe":  # with tokenizer_config.json beside it: special ids, BOS rule, template
+            from hf_tokenizer import write_tokenizer_files
+            return write_tokenizer_files(self, Path(folder))
         else:
             path, data = Path(folder) / "char_tokenizer.json", json.dumps({"type": "char", "chars": self.chars}).encode()
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -150,10 +150,24 @@ def test_smollm2_as_a_folder_loads_in_transformers_with_our_logits(tmp_path, smo
     torch.testing.assert_close(logits_of(theirs, tokens), logits_of(smollm2, tokens), rtol=0, atol=1e-4)
     their_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "smollm2")
     assert their_tokenizer(text)["input_ids"] == tokens[0].tolist()
+    torch.testing.assert_close(logits_of(load_pretrained(tmp_path / "smollm2"), tokens), logits_of(smollm2, tokens),
+                               rtol=0, atol=1e-5)  # and our reader gives the model back
     ours_again = tokenizer_for_checkpoint(tmp_path / "smollm2")
     assert ours_again.chat_template == smollm2_tokenizer.chat_template is not None
     assert ours_again.encode("<|im_start|>user\nhi 42", bos=True, eos=True) == \
         smollm2_tokenizer.encode("<|im_start|>user\nhi 42", bos=True, eos=True)
+
+
+def test_a_saved_byte_level_bpe_tokenizer_loads_back(tmp_path, smollm2_tokenizer):
+    """Tokenizer.save writes tokenizer.json with its tokenizer_config.json: nothing is lost."""
+    restored = Tokenizer(tokenizer_model=smollm2_tokenizer.save(tmp_path))
+    assert (restored.kind, restored.n_words, restored.bos_id, restored.eos_id, restored.pad_id, restored.add_bos,
+            restored.chat_template) == ("bpe", smollm2_tokenizer.n_words, smollm2_tokenizer.bos_id,
+                                        smollm2_tokenizer.eos_id, smollm2_tokenizer.pad_id, False,
+                                        smollm2_tokenizer.chat_template)
+    text = "<|im_start|>user\nnaïve 1234<|im_end|>"
+    assert restored.encode(text, bos=True, eos=True) == smollm2_tokenizer.encode(text, bos=True, eos=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
 
 
 # ---------------------------------------------------------------------------------------------

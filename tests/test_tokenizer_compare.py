@@ -9,7 +9,7 @@ import sentencepiece
 
 import tokenizer_compare
 from tokenizer import Tokenizer
-from tokenizer_compare import SAMPLES, CharTokenizer, main, statistics
+from tokenizer_compare import SAMPLES, main, statistics
 
 SCRIPTS = {"english": "LATIN", "persian": "ARABIC", "hindi": "DEVANAGARI", "chinese": "CJK"}
 
@@ -23,7 +23,7 @@ def test_samples_are_in_their_scripts():
 
 def test_character_baseline_is_one_token_per_character():
     text = "नमस्ते, 世界!"
-    stats = statistics(CharTokenizer(), text)
+    stats = statistics(Tokenizer.from_corpus_chars(text), text)
     assert stats["tokens"] == len(text) and stats["tokens_per_char"] == 1.0 and stats["round_trip"]
     assert stats["tokens_per_word"] == len(text) / 2 and stats["rarest"] == []
 

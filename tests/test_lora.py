@@ -259,7 +259,7 @@ def test_lora_optimizer_keeps_state_only_for_adapters():
     lora_model = apply_lora(tiny_llama(), rank=RANK, alpha=ALPHA).train()
     lora_state = adam_state_numbers(lora_model, get_lora_optimizer_params(lora_model))
     count = count_lora_parameters(lora_model)
-    assert full_state == 2 * (count.total - count.lora) and lora_state == 2 * count.lora
+    assert full_state == 2 * (count.total - count.adapter) and lora_state == 2 * count.adapter
     print(f"\n{count}\nAdamW state: full fine-tuning {full_state:,} numbers, LoRA {lora_state:,} "
           f"({100 * lora_state / full_state:.2f}%)")
 
@@ -320,7 +320,7 @@ def test_merge_needs_adapters_and_allows_a_new_round():
         merge_lora_weights(tiny_llama())
     model = merge_lora_weights(apply_lora(tiny_llama()))
     apply_lora(model)  # after merging, a second adapter can be trained on top
-    assert count_lora_parameters(model).lora > 0
+    assert count_lora_parameters(model).adapter > 0
 
 
 # ---------------------------------------------------------------------------------------------

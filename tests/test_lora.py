@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from adapters import parse_targets
 from config import LlamaConfig
 from llama import Llama
 from lora import (ATTENTION_PROJECTIONS, LoRALayer, ParameterCount, apply_lora, count_lora_parameters,
@@ -188,6 +189,16 @@ def test_apply_lora_accepts_other_targets():
     model = apply_lora(tiny_llama(), targets="w2")  # one name, given as a plain string
     wrapped = [name for name, module in model.named_modules() if isinstance(module, LoRALayer)]
     assert wrapped == [f"layers.{i}.feed_forward.w2" for i in range(CONFIG["n_layers"])]
+
+
+def test_lora_targets_and_dropout_reach_every_wrapped_layer():
+    """--lora_targets attention,ffn --lora_dropout 0.2: all seven projections, each with its dropout."""
+    model = apply_lora(tiny_llama(), targets=parse_targets("attention,ffn"), dropout=0.2)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALayer)}
+    assert len(layers) == 7 * CONFIG["n_layers"] and "layers.1.feed_forward.w3" in layers
+    assert {m.dropout.p for m in layers.values()} == {0.2}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert len(trainable) == 2 * len(layers) and all("lora_" in name for name in trainable)
 
 
 def test_the_caller_decides_whether_a_head_trains():

@@ -55,8 +55,10 @@ def logits_filters(model, temperature: float = 1.0, min_p: float | None = None,
     if min_p is None and repetition_penalty is None:
         yield
         return
-    if min_p is not None and not 0.0 < min_p <= 1.0:
+    if min_p is not None and not 0.0 < min_p <= 1.0:  # bad values fail here, before any generation
         raise ValueError(f"min_p must be in (0, 1], got {min_p}")
+    if repetition_penalty is not None and repetition_penalty <= 0:
+        raise ValueError(f"the repetition penalty must be positive, got {repetition_penalty}")
     seen = {"tokens": None, "mask": None}
 
     def record(module, args, kwargs):

@@ -160,3 +160,22 @@ def test_prompt_based_fine_tuning_learns_the_label_words(checkpoint, tokenizer, 
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1
+
+
+def test_soft_prompt_scored_by_the_label_words(checkpoint, tokenizer):
+    """Lester et al.'s own setup: a soft prompt (prompt_tuning.py) under the label-word scoring;
+    only the soft prompt trains, and initialised from tokens it equals typing them first."""
+    from prompt_tuning import PromptTunedLlama
+
+    prompt = build_prompt(tokenizer, PromptTemplate.question(LABELS), LABELS, draw_demonstrations(TRAIN, 3, 3, seed=2))
+    init = tokenizer.encode("Rate the review", bos=False, eos=False)
+    model = PromptClassifier(PromptTunedLlama(load(checkpoint), init), prompt)
+    soft = model.llama.llama.prompt_embeddings.requires_grad_(True)  # PromptClassifier starts all frozen
+    ids, mask = queries(tokenizer, prompt)
+    typed = type(prompt)(init + prompt.prefix_ids, prompt.suffix_ids, prompt.label_ids)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, mask), naive_shares(load(checkpoint), typed, tokenizer),
+                                   atol=1e-4, rtol=1e-4)
+    F.nll_loss(model(ids, mask), torch.tensor([0, 1, 2])).backward()
+    assert soft.grad.abs().sum() > 0
+    assert [n for n, p in model.named_parameters() if p.grad is not None] == ["llama.llama.prompt_embeddings"]

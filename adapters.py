@@ -96,6 +96,13 @@ def load_adapter_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor
     return model
 
 
+def layers_of_type(model: nn.Module, layer_type: type) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent module, attribute name, layer) for every `layer_type` module in `model`, as a list:
+    callers replace them, and editing the module tree while iterating modules() is unsafe."""
+    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+            if isinstance(child, layer_type)]
+
+
 def freeze_all_but(model: nn.Module, prefix: str) -> None:
     """Only the method's tensors (names containing `prefix`) train; everything else is frozen."""
     for name, p in model.named_parameters():

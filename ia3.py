@@ -25,13 +25,11 @@ The keys are scaled before RoPE (the output of compute_key), which is what makes
     merge_ia3_weights(model.llama)           # a plain Llama again
 """
 
-from typing import Iterator
-
 import torch
 import torch.nn as nn
 
 from adapters import (ParameterCount, adapter_parameters, adapter_state_dict, count_parameters, freeze_all_but,
-                      load_adapter_state_dict, wrap_children)
+                      layers_of_type, load_adapter_state_dict, wrap_children)
 
 # Which activation IA3 scales for each projection (Sec. 3.3): the output of the key and value
 # projections, the input of the feed-forward's down projection.
@@ -68,14 +66,6 @@ class IA3Layer(nn.Module):
         return f"side={self.side}"
 
 
-def _ia3_layers(model: nn.Module) -> Iterator[tuple[nn.Module, str, IA3Layer]]:
-    """Yield (parent module, attribute name, layer) for every IA3Layer in `model`."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, IA3Layer):
-                yield parent, child_name, child
-
-
 def apply_ia3(model: nn.Module, targets: dict[str, str] = IA3_TARGETS) -> nn.Module:
     """
     Wrap, in place, every nn.Linear named in `targets` ({name: "output" or "input"}; by default
@@ -83,7 +73,7 @@ def apply_ia3(model: nn.Module, targets: dict[str, str] = IA3_TARGETS) -> nn.Mod
     other parameter of `model`. Returns `model`. As with apply_lora, wrap the backbone
     (`classifier.llama`) to keep a classifier head training, and load pretrained weights first.
     """
-    if any(True for _ in _ia3_layers(model)):
+    if layers_of_type(model, IA3Layer):
         raise ValueError("apply_ia3: the model already has IA3 layers; merge_ia3_weights(model) first")
     wrap_children(model, tuple(targets), lambda name, linear: IA3Layer(linear, targets[name]), "apply_ia3")
     freeze_all_but(model, "ia3_")
@@ -106,7 +96,7 @@ def merge_ia3_weights(model: nn.Module) -> nn.Module:
     output side scales the weight's rows (and the bias), input side its columns. Returns `model`,
     which computes the same outputs and has the checkpoint's parameter names again.
     """
-    layers = list(_ia3_layers(model))  # materialise: the loop edits the module tree
+    layers = layers_of_type(model, IA3Layer)
     if not layers:
         raise ValueError("merge_ia3_weights: the model has no IA3 layers to merge")
     for parent, child_name, layer in layers:

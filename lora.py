@@ -34,14 +34,15 @@ Typical use (what `run_llama.py --option lora` does):
 """
 
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 # ATTENTION_PROJECTIONS: the default targets (DESIGN.md, "LoRA contract"); parse_targets reads --lora_targets
 from adapters import (ATTENTION_PROJECTIONS, ParameterCount, adapter_parameters, adapter_state_dict,
-                      count_parameters, freeze_all_but, load_adapter_state_dict, wrap_children)
+                      count_parameters, freeze_all_but, layers_of_type, load_adapter_state_dict,
+                      wrap_children)
 
 
 class LoRALayer(nn.Module):
@@ -99,14 +100,6 @@ class LoRALayer(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}"
 
 
-def _lora_layers(model: nn.Module) -> Iterator[tuple[nn.Module, str, LoRALayer]]:
-    """Yield (parent module, attribute name, layer) for every LoRALayer in `model`."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, LoRALayer):
-                yield parent, child_name, child
-
-
 def apply_lora(model: nn.Module, rank: int = 4, alpha: float = 1.0,
                targets: Sequence[str] = ATTENTION_PROJECTIONS, dropout: float = 0.0) -> nn.Module:
     """
@@ -129,7 +122,7 @@ def apply_lora(model: nn.Module, rank: int = 4, alpha: float = 1.0,
     Raises ValueError if `model` already has LoRA layers, or if a target name matches no nn.Linear
     (a typo or a model using other names, e.g. llama2.c's `wq`, would otherwise train nothing).
     """
-    if any(True for _ in _lora_layers(model)):
+    if layers_of_type(model, LoRALayer):
         raise ValueError("apply_lora: the model already has LoRA layers; merge_lora_weights(model) first "
                          "to add a new adapter on top of the merged weights")
     wrap_children(model, targets, lambda _, linear: LoRALayer(linear, rank=rank, alpha=alpha, dropout=dropout),
@@ -164,7 +157,7 @@ def merge_lora_weights(model: nn.Module) -> nn.Module:
     loaded strictly like any pretrained checkpoint. requires_grad flags stay as they were (the
     merged projections stay frozen); call model.requires_grad_(True) to train the whole model further.
     """
-    layers = list(_lora_layers(model))  # materialise: the loop below edits the module tree
+    layers = layers_of_type(model, LoRALayer)
     if not layers:
         raise ValueError("merge_lora_weights: the model has no LoRA layers to merge")
     for parent, child_name, layer in layers:

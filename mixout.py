@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adapters import PROJECTION_GROUPS, wrap_children
+from adapters import PROJECTION_GROUPS, layers_of_type, wrap_children
 
 
 def mixout(weight: torch.Tensor, pretrained: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -60,7 +60,7 @@ def apply_mixout(model: nn.Module, p: float, targets: Sequence[str] = PROJECTION
     """Mix out, in place, every nn.Linear named in `targets` (default: all attention and feed-forward
     projections; the tied embedding/output matrix and a new head have no pretrained value to mix
     with) towards its current weight. Returns `model`. requires_grad flags are untouched."""
-    if any(isinstance(m, MixoutLinear) for m in model.modules()):
+    if layers_of_type(model, MixoutLinear):
         raise ValueError("apply_mixout: the model already has mixout layers")
     wrap_children(model, targets, lambda _, linear: MixoutLinear(linear, p), "apply_mixout")
     return model
@@ -68,9 +68,7 @@ def apply_mixout(model: nn.Module, p: float, targets: Sequence[str] = PROJECTION
 
 def remove_mixout(model: nn.Module) -> nn.Module:
     """Replace every MixoutLinear by a plain nn.Linear with the same (fine-tuned) weight and bias."""
-    found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if isinstance(child, MixoutLinear)]
-    for parent, name, layer in found:
+    for parent, name, layer in layers_of_type(model, MixoutLinear):
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
         linear.weight, linear.bias = layer.weight, layer.bias
         setattr(parent, name, linear)

@@ -54,20 +54,17 @@ def prompt_init_ids(tokenizer, n_virtual_tokens: int, text: str | None = None, s
     return random.Random(seed).sample(candidates, n_virtual_tokens)
 
 
-class PromptTunedLlama(nn.Module):
-    """A frozen Llama with `prompt_embeddings` (P, dim) placed before every sequence."""
+class PrefixedLlama(nn.Module):
+    """What the wrappers that put positions before every sequence (a soft prompt here, a cached
+    prefix in prompting.py) share: they read like a Llama to the classifiers (config, output,
+    new_kv_cache), and their n_prefix_positions come out of the context (see context_budget)."""
 
-    def __init__(self, llama: Llama, init_ids: Sequence[int]):
+    n_prefix_positions: int
+
+    def __init__(self, llama: nn.Module):
         super().__init__()
-        n_virtual_tokens = len(init_ids)
-        if not 0 < n_virtual_tokens < llama.config.max_seq_len:
-            raise ValueError(f"{n_virtual_tokens} virtual tokens leave no room for a sentence in the model's "
-                             f"context of {llama.config.max_seq_len} positions")
-        self.llama = llama.requires_grad_(False)
-        with torch.no_grad():
-            self.prompt_embeddings = nn.Parameter(llama.tok_embeddings.weight[list(init_ids)].clone())  # (P, dim)
+        self.llama = llama
 
-    # What the classifiers and the training loop read from a Llama.
     @property
     def config(self):
         return self.llama.config
@@ -76,14 +73,35 @@ class PromptTunedLlama(nn.Module):
     def output(self) -> nn.Linear:
         return self.llama.output
 
-    @property
-    def n_virtual_tokens(self) -> int:
-        return self.prompt_embeddings.shape[0]
-
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
-        """A cache for max_len real positions (default: all there is room for) plus the prompt."""
+        """A cache for max_len input positions (default: all there is room for) plus the prefix."""
         max_len = max_len or context_budget(self)
-        return self.llama.new_kv_cache(batch_size, max_len + self.n_virtual_tokens)
+        return self.llama.new_kv_cache(batch_size, max_len + self.n_prefix_positions)
+
+
+def context_budget(llama: nn.Module) -> int:
+    """Positions of the model's context left for the input: max_seq_len, less every prefix's."""
+    budget = llama.config.max_seq_len
+    while isinstance(llama, PrefixedLlama):
+        budget, llama = budget - llama.n_prefix_positions, llama.llama
+    return budget
+
+
+class PromptTunedLlama(PrefixedLlama):
+    """A frozen Llama with `prompt_embeddings` (P, dim) placed before every sequence."""
+
+    def __init__(self, llama: Llama, init_ids: Sequence[int]):
+        n_virtual_tokens = len(init_ids)
+        if not 0 < n_virtual_tokens < llama.config.max_seq_len:
+            raise ValueError(f"{n_virtual_tokens} virtual tokens leave no room for a sentence in the model's "
+                             f"context of {llama.config.max_seq_len} positions")
+        super().__init__(llama.requires_grad_(False))
+        with torch.no_grad():
+            self.prompt_embeddings = nn.Parameter(llama.tok_embeddings.weight[list(init_ids)].clone())  # (P, dim)
+
+    @property
+    def n_prefix_positions(self) -> int:
+        return self.prompt_embeddings.shape[0]
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, kv_cache: list[KVCache] | None = None
@@ -91,7 +109,7 @@ class PromptTunedLlama(nn.Module):
         """As Llama.forward, for the real tokens only: hidden states (B, T, dim), logits (B, T, V)
         with targets or (B, 1, V) without. A call that continues a filled kv_cache (the soft prompt
         is in it already) passes the tokens through; its attention_mask covers the real positions."""
-        batch_size, n = tokens.shape[0], self.n_virtual_tokens
+        batch_size, n = tokens.shape[0], self.n_prefix_positions
         if attention_mask is not None:  # the virtual tokens are real: attended to, and counted in positions
             attention_mask = torch.cat([attention_mask.new_ones(batch_size, n), attention_mask], dim=1)
         if kv_cache is not None and kv_cache[0].length > 0:
@@ -108,12 +126,7 @@ class PromptTunedLlama(nn.Module):
     def _insert_prompt(self, module, inputs, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, P + T, dim) embeddings of placeholders + tokens -> the soft prompt + the tokens'."""
         prompt = self.prompt_embeddings.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
-        return torch.cat([prompt, embeddings[:, self.n_virtual_tokens:]], dim=1)
-
-
-def context_budget(llama: nn.Module) -> int:
-    """Positions of the model's context left for the input: max_seq_len, less the soft prompt's."""
-    return llama.config.max_seq_len - (llama.n_virtual_tokens if isinstance(llama, PromptTunedLlama) else 0)
+        return torch.cat([prompt, embeddings[:, self.n_prefix_positions:]], dim=1)
 
 
 def apply_prompt_tuning(classifier: nn.Module, init_ids: Sequence[int]) -> nn.Module:

@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from classifier import continuation_ids, label_table, score_continuations, zero_shot_question
 from llama import KVCache
+from prompt_tuning import PrefixedLlama
 
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021, Sec. 4
 
@@ -98,33 +99,20 @@ def build_prompt(tokenizer, template: PromptTemplate, label_names: Sequence[str]
     return Prompt(prefix_ids, suffix_ids, label_ids)
 
 
-class PrefixCachedLlama(nn.Module):
+class PrefixCachedLlama(PrefixedLlama):
     """A Llama that reads every sequence after the same prefix, whose keys and values are computed
     once per forward call (batch of one) and copied into each row's cache. While the backbone is
     frozen (nothing requires grad), they are kept across calls too; a model that trains recomputes
     them, so its gradients flow through the prefix. Behaves like a Llama for the classifiers."""
 
     def __init__(self, llama, prefix_ids: Sequence[int]):
-        super().__init__()
-        self.llama = llama
+        super().__init__(llama)
         self.prefix_ids = list(prefix_ids)
         self._kept = None  # [(keys, values)] per layer, each (1, n_kv_heads, P, head_dim)
 
     @property
-    def config(self):
-        return self.llama.config
-
-    @property
-    def output(self) -> nn.Linear:
-        return self.llama.output
-
-    @property
     def n_prefix_positions(self) -> int:
         return len(self.prefix_ids)
-
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
-        max_len = max_len or self.config.max_seq_len - self.n_prefix_positions
-        return self.llama.new_kv_cache(batch_size, max_len + self.n_prefix_positions)
 
     def _prefix_keys_values(self, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         frozen = not any(p.requires_grad for p in self.llama.parameters())

@@ -5,6 +5,15 @@ The defaults describe stories42M, the 42M-parameter TinyStories model the assign
 
 from dataclasses import asdict, dataclass, fields
 
+# The shapes of llama2.c's TinyStories models (karpathy/tinyllamas), for --preset. The vocabulary
+# size is the tokenizer's, so it is not part of a preset.
+PRESETS = {
+    "stories260K": {"dim": 64, "n_layers": 5, "n_heads": 8, "n_kv_heads": 4, "max_seq_len": 512, "multiple_of": 4},
+    "stories15M": {"dim": 288, "n_layers": 6, "n_heads": 6, "n_kv_heads": 6, "max_seq_len": 256},
+    "stories42M": {"dim": 512, "n_layers": 8, "n_heads": 8, "n_kv_heads": 8, "max_seq_len": 1024},
+    "stories110M": {"dim": 768, "n_layers": 12, "n_heads": 12, "n_kv_heads": 12, "max_seq_len": 1024},
+}
+
 # llama2.c's `model_args` use these names for some of our fields.
 _ALIASES = {"norm_eps": "layer_norm_eps"}
 

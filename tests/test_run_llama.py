@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import data as data_module
+import objectives
 import run_llama
 from config import LlamaConfig
 from llama import Llama
@@ -236,17 +238,17 @@ def test_gpu_asked_for_but_absent(tmp_path, capsys, data, tiny_model, tokenizer_
 def test_nan_loss_stops_and_keeps_the_best_checkpoint(tmp_path, capsys, monkeypatch, data, tiny_model,
                                                       tokenizer_model_path):
     """The second epoch's first step returns a NaN loss: the run stops with the epoch-0 checkpoint."""
-    calls, objective = [], run_llama.classification_objective
+    calls, objective = [], objectives.ClassificationLoss.__call__
 
-    def diverging(model, *batch):
+    def diverging(self, model, batch):
         calls.append(1)
-        loss, predictions = objective(model, *batch)
-        return (loss * float("nan") if len(calls) > 5 else loss), predictions  # 40 lines / 8 = 5 steps
+        loss = objective(self, model, batch)
+        return loss * float("nan") if len(calls) > 5 else loss  # 40 lines / 8 = 5 steps an epoch
 
-    monkeypatch.setattr(run_llama, "classification_objective", diverging)
+    monkeypatch.setattr(objectives.ClassificationLoss, "__call__", diverging)
     args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "finetune", "--epochs", "3",
                     "--out_dir", str(tmp_path))
-    expect_error(capsys, args, "the training loss became nan at epoch 1, step 0")
+    expect_error(capsys, args, "the training loss became nan at step 5")
     assert (tmp_path / "finetune-3-2e-05.pt").is_file()
     assert not (tmp_path / "sst-dev-finetuning-output.txt").exists()
 
@@ -266,38 +268,40 @@ def test_long_inputs_are_truncated_with_a_count(tmp_path, capsys, data, tiny_mod
 
 def test_max_sentence_len_cuts_the_sentence_not_the_question(tokenizer_model_path):
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model_path)
-    example = run_llama.Example(1, "one two three four five six", "x:1")
+    example = data_module.Example(1, "one two three four five six", "x:1")
     question = [11, 12, 13]
     sentence = tokenizer.encode(example.sentence, bos=False, eos=False)
-    encoded = run_llama.encode_examples([example], tokenizer, 100, question, max_sentence_len=2)
+    encoded = data_module.encode_examples([example], tokenizer, 100, question, max_sentence_len=2)
     assert encoded == [[tokenizer.bos_id] + sentence[:2] + question]
-    encoded = run_llama.encode_examples([example], tokenizer, 6, question)  # context: room for 2 tokens
+    encoded = data_module.encode_examples([example], tokenizer, 6, question)  # context: room for 2 tokens
     assert encoded == [[tokenizer.bos_id] + sentence[:2] + question]
 
 
 def test_a_model_without_bos_gets_none_and_the_room_for_one_more_token(smollm2_tokenizer):
-    example = run_llama.Example(1, "one two three four five six", "x:1")
+    example = data_module.Example(1, "one two three four five six", "x:1")
     question = [11, 12, 13]
     sentence = smollm2_tokenizer.encode(example.sentence, bos=False, eos=False)
-    encoded = run_llama.encode_examples([example], smollm2_tokenizer, 6, question)
+    encoded = data_module.encode_examples([example], smollm2_tokenizer, 6, question)
     assert encoded == [sentence[:3] + question]
 
 
 def test_length_sorted_batches_cover_every_example_once_and_cut_padding():
     lengths = [random.Random(i).randint(1, 100) for i in range(500)]
     for rng in (None, random.Random(1)):
-        batches = run_llama.length_sorted_batches(lengths, 8, rng)
+        batches = data_module.length_sorted_batches(lengths, 8, rng)
         assert sorted(i for batch in batches for i in batch) == list(range(500))
         assert all(len(batch) <= 8 for batch in batches)
         unsorted = [list(range(i, min(i + 8, 500))) for i in range(0, 500, 8)]
-        assert run_llama.padding_fraction(lengths, batches) < run_llama.padding_fraction(lengths, unsorted) / 3
-    assert (run_llama.length_sorted_batches(lengths, 8, random.Random(1))
-            == run_llama.length_sorted_batches(lengths, 8, random.Random(1)))
+        assert data_module.padding_fraction(lengths, batches) < data_module.padding_fraction(lengths, unsorted) / 3
+    assert (data_module.length_sorted_batches(lengths, 8, random.Random(1))
+            == data_module.length_sorted_batches(lengths, 8, random.Random(1)))
 
 
-def test_placeholder_labels_and_dataset_names():
-    examples = [run_llama.Example(0, "a", "f:1"), run_llama.Example(0, "b", "f:2")]
-    assert run_llama.has_placeholder_labels(examples)
-    assert not run_llama.has_placeholder_labels(examples + [run_llama.Example(1, "c", "f:3")])
-    assert run_llama.dataset_name("data/sst-dev.txt") == "sst"
-    assert run_llama.dataset_name("/x/cfimdb-train.txt") == "cfimdb"
+def test_placeholder_labels_are_decided_on_the_whole_file(tmp_path):
+    path = tmp_path / "x-dev.txt"
+    path.write_text("0 ||| a\n0 ||| b\n\n", encoding="utf-8")
+    assert data_module.has_placeholder_labels(path)
+    path.write_text("0 ||| a\n0 ||| b\n1 ||| c\n", encoding="utf-8")
+    assert not data_module.has_placeholder_labels(path)  # though its first two lines agree
+    assert data_module.dataset_name("data/sst-dev.txt") == "sst"
+    assert data_module.dataset_name("/x/cfimdb-train.txt") == "cfimdb"

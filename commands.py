@@ -128,28 +128,53 @@ def load_tokenizer(args, checkpoint):
 # The options
 
 
-def run_generate(args, device, out_dir: Path) -> dict:
-    """Continue GENERATION_PROMPT by 75 tokens, greedily (temperature 0) and sampled (temperature 1)."""
-    import torch
-
+def load_for_inference(args, device):
+    """The checkpoint the flags name, with its tokenizer, as --dtype / --quantize ask (generate, chat)."""
     from classification import check_vocabulary
     from llama import load_pretrained
-    from training import autocast
+    from quantize import prepare_for_inference
 
     checkpoint = resolve_checkpoint(args.pretrained_model_path)
-    model = load_pretrained(checkpoint, **model_overrides(args)).to(device)
+    model = load_pretrained(checkpoint, **model_overrides(args))
+    model = prepare_for_inference(model, args.dtype, args.quantize).to(device)
     tokenizer = load_tokenizer(args, checkpoint)
     check_vocabulary(tokenizer, model.config.vocab_size, checkpoint)
+    return model, tokenizer
+
+
+def run_generate(args, device, out_dir: Path) -> dict:
+    """Continue GENERATION_PROMPT by 75 tokens, greedily (temperature 0) and sampled (temperature 1),
+    through the optional min-p and repetition-penalty filters (decoding.py)."""
+    import torch
+
+    from decoding import logits_filters
+    from training import autocast
+
+    model, tokenizer = load_for_inference(args, device)
     prompt = torch.tensor([tokenizer.encode(GENERATION_PROMPT, bos=True, eos=False)], device=device)
     for temperature, name in ((0.0, args.generated_sentence_low_temp_out), (1.0, args.generated_sentence_high_temp_out)):
-        with autocast(device):
+        with autocast(device), logits_filters(model, temperature, args.min_p, args.repetition_penalty):
             tokens = model.generate(prompt, max_new_tokens=75, temperature=temperature, epsilon=args.epsilon,
-                                    top_p=args.top_p)
+                                    top_k=args.top_k, top_p=args.top_p)
         text = tokenizer.decode(tokens[0].tolist())
         print(f"temperature {temperature}:\n{text}\n---------------")
         path = out_dir / name
         write_atomically(path, text)
         print(f"wrote {path}")
+    return {}
+
+
+def run_chat_option(args, device) -> dict:
+    """--option chat: one answer to --message, or a conversation on stdin (chat.py)."""
+    from chat import ChatTemplateError, run_chat
+
+    model, tokenizer = load_for_inference(args, device)
+    try:
+        run_chat(model, tokenizer, message=args.message, system=args.system, max_new_tokens=args.max_new_tokens,
+                 temperature=args.temperature, epsilon=0.0, top_k=args.top_k,
+                 top_p=0.9 if args.top_p is None else args.top_p)
+    except (ChatTemplateError, ValueError) as error:
+        raise RunError(str(error)) from None
     return {}
 
 
@@ -194,7 +219,7 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     base = args.pretrained_model_path or recorded.get("args", {}).get("pretrained_model_path")
     checkpoint = resolve_checkpoint(base)
     choice = ClassifierChoice(option, checkpoint, len(label_names), args.hidden_dropout_prob, args.norm,
-                              lora["rank"], lora["alpha"])
+                              lora["rank"], lora["alpha"], args.dtype, args.quantize)
     lr = args.lr or LOOP_DEFAULTS["classification"]["lr"]
     run = ClassificationRun(
         choice=choice, label_names=label_names, splits=splits, batch_size=args.batch_size,

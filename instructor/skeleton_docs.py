@@ -3,10 +3,11 @@ not ship) and its README (written for the course). Used by make_skeleton.py."""
 
 import re
 
-from course import COURSES, Course
+from course import Course
 
 _BACKTICKED = re.compile(r"`([^`]+)`")
 _LIST_ITEM = re.compile(r"\s*(?:[-*]|\d+\.)\s")
+_OPTION = re.compile(r"--option (\w+)")
 
 
 def _blocks(lines: list[str]) -> list[list[str]]:
@@ -38,11 +39,10 @@ def skeleton_structure(source: str, course: Course, shipped: list[str], left_out
     """structure.md for `course`'s skeleton. In the table of files, a row naming a file or folder
     the skeleton does not have is dropped, and the "you implement" cell of a one-file row lists
     the pieces left to the students there. Any other row or list item that mentions what the
-    course lacks (the files, the `--option` of another course's method, the classes and functions
-    of its regions) is dropped too."""
+    course lacks (the files, an `--option` it does not offer, the classes and functions of the
+    regions it does not have) is dropped too."""
     shipped, left_out = set(shipped), set(left_out)
-    absent_options = {option for other in COURSES.values() for option in other.options} - set(course.options)
-    words = ({*(name for name in left_out if "/" not in name)} | {f"--option {option}" for option in absent_options}
+    words = ({name for name in left_out if "/" not in name}
              | {region.function.split(".")[0] for region in absent_regions})
     todo = {}
     for region in blanked:
@@ -59,7 +59,7 @@ def skeleton_structure(source: str, course: Course, shipped: list[str], left_out
             if len(cells) == 3 and len(names) == 1 and names[0].endswith(".py"):
                 cells[2] = " " + (", ".join(todo.get(names[0], [])) or "–") + " "
                 text = "|" + "|".join(cells) + "|\n"
-        elif any(word in text for word in words):
+        if any(word in text for word in words) or set(_OPTION.findall(text)) - set(course.options):
             continue
         kept.append(text)
     return "".join(kept)

@@ -140,3 +140,61 @@ def test_gguf_without_tokenizer_is_refused(tmp_path):
     writer.close()
     with pytest.raises(CheckpointError, match=r"bare\.gguf.*tokenizer\.ggml\.model"):
         Tokenizer(tokenizer_model=path)
+
+
+# --------------------------------------------------------------------------------------------
+# The character vocabulary, the record a checkpoint carries, training a SentencePiece model
+
+
+def test_char_tokenizer_reserves_specials_and_maps_unknown_characters():
+    from tokenizer import CHAR_BOS, CHAR_EOS, CHAR_UNK
+
+    tokenizer = Tokenizer.from_corpus_chars("abca\n")
+    assert tokenizer.n_words == 4 + 4  # <unk> <s> </s> <pad>, then "\n", "a", "b", "c"
+    ids = tokenizer.encode("cab\nz", bos=True, eos=True)
+    assert ids == [CHAR_BOS, 7, 5, 6, 4, CHAR_UNK, CHAR_EOS]
+    assert tokenizer.decode(ids) == "cab\n"  # specials and the unknown leave no trace
+    assert len({tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.unk_id}) == 4
+
+
+@pytest.mark.parametrize("kind", ["char", "sentencepiece", "bpe"])
+def test_a_record_survives_a_weights_only_checkpoint(kind, tokenizer_model_path, smollm2_path, tmp_path):
+    original = {"char": lambda: Tokenizer.from_corpus_chars("Hello, world 123"),
+                "sentencepiece": lambda: Tokenizer(tokenizer_model=tokenizer_model_path),
+                "bpe": lambda: Tokenizer(tokenizer_model=smollm2_path)}[kind]()
+    torch.save({"tokenizer": original.to_record()}, tmp_path / "c.pt")
+    restored = Tokenizer.from_record(torch.load(tmp_path / "c.pt", weights_only=True)["tokenizer"])
+    text = "Hello, world 123 héllo"
+    assert restored.kind == kind
+    assert restored.encode(text, bos=True, eos=True) == original.encode(text, bos=True, eos=True)
+    assert (restored.n_words, restored.bos_id, restored.eos_id, restored.pad_id, restored.add_bos) == \
+        (original.n_words, original.bos_id, original.eos_id, original.pad_id, original.add_bos)
+    assert restored.chat_template == original.chat_template
+    assert (kind == "bpe") == (restored.chat_template is not None)  # SmolLM2's GGUF holds one
+
+
+def test_saved_char_and_sentencepiece_files_load_back(tokenizer_model_path, tmp_path):
+    for original in (Tokenizer.from_corpus_chars("xyz"), Tokenizer(tokenizer_model=tokenizer_model_path)):
+        path = original.save(tmp_path)
+        assert Tokenizer(tokenizer_model=path).encode("zyx", True, True) == original.encode("zyx", True, True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["char_tokenizer.json", "tokenizer.model"]
+
+
+def test_tokenizer_for_checkpoint_prefers_the_record_it_carries(tmp_path):
+    chars = Tokenizer.from_corpus_chars("only these")
+    torch.save({"model_args": {}, "model": {}, "tokenizer": chars.to_record()}, tmp_path / "ours.pt")
+    assert tokenizer_for_checkpoint(tmp_path / "ours.pt").kind == "char"
+
+
+def test_train_sentencepiece_on_a_corpus(tmp_path):
+    from tokenizer import train_sentencepiece
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log.\n" * 200, encoding="utf-8")
+    tokenizer = train_sentencepiece(corpus, 300, tmp_path)
+    assert tokenizer.n_words == 300 and (tmp_path / "tokenizer.model").is_file()
+    assert tokenizer.decode(tokenizer.encode("the cat sat.", True, False)) == "the cat sat."
+    assert len(tokenizer.encode("the cat sat on the mat.", False, False)) < 12  # merges were learned
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+    with pytest.raises(ValueError, match=r"--train_tokenizer 100000.*Vocabulary size too high"):
+        train_sentencepiece(corpus, 100_000, tmp_path)

@@ -1,0 +1,366 @@
+"""`--option prompt | finetune | lora`: sentence classification with a pretrained Llama.
+
+- prompt: zero-shot, nothing trains (classifier.LlamaZeroShotClassifier).
+- finetune: the whole model and a linear head train (LlamaEmbeddingClassifier).
+- lora: LoRA adapters and the head train, the backbone stays frozen (lora.py).
+
+Training runs on the one loop of training.py, an epoch being one pass over the training split;
+after every epoch (or every --eval_every steps) the dev split is scored and the best-dev model is
+kept at `{option}-{epochs}-{lr}.pt` (the upstream path). Predictions come from that checkpoint:
+`PRED ||| SENTENCE` lines in input order, with the original sentences.
+"""
+
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from tqdm import tqdm
+
+from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier
+from data import (Example, InputError, collate, encode_examples, has_placeholder_labels, length_sorted_batches,
+                  padding_fraction)
+from objectives import ClassificationLoss
+from training import Distributed, LoopSettings, RunHooks, TrainingDiverged, autocast, train
+from utils import atomic_path, write_atomically
+
+# --option -> the word in its output file names (DESIGN.md, "Data and file formats")
+METHOD_NAMES = {"prompt": "prompting", "finetune": "finetuning", "lora": "lora"}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One data split: its examples, the file they came from, where its predictions go."""
+    name: str
+    path: Path
+    examples: list[Example]
+    predictions_out: Path | None  # None for the training split
+
+    @property
+    def placeholder_labels(self) -> bool:
+        return has_placeholder_labels(self.path)
+
+
+@dataclass(frozen=True)
+class ClassifierChoice:
+    """What to build: the option, the base checkpoint and what the classifier config needs."""
+    option: str
+    checkpoint: Path
+    num_labels: int
+    hidden_dropout_prob: float
+    norm_type: str | None
+    lora_rank: int
+    lora_alpha: float
+    dtype: str = "float32"  # prompt: the weights' type, or int8 linear layers (quantize.py)
+    quantize: str | None = None
+
+
+def build_classifier(choice: ClassifierChoice, tokenizer, label_names: list[str]):
+    """The option's classifier, plus what encode_examples needs: the question to append to
+    every sentence, and the context positions a prompt may use (the answer needs some too).
+    Trained classifiers start frozen (the classifier config's own option 'pretrain': a frozen
+    backbone, not the command line's --option pretrain) and TRAINABLE_PARAMETERS opts in what trains."""
+    config = SimpleNamespace(pretrained_model_path=choice.checkpoint, num_labels=choice.num_labels,
+                             option="pretrain", hidden_dropout_prob=choice.hidden_dropout_prob,
+                             norm_type=choice.norm_type)
+    if choice.option == "prompt":
+        from quantize import prepare_for_inference
+
+        model = LlamaZeroShotClassifier(config, tokenizer, label_names)
+        prepare_for_inference(model.llama, choice.dtype, choice.quantize)
+        suffix, room = model.question_ids, model.llama.config.max_seq_len - model.max_label_len
+    else:
+        model = LlamaEmbeddingClassifier(config)
+        TRAINABLE_PARAMETERS[choice.option](model, choice)
+        suffix, room = [], model.llama.config.max_seq_len
+    check_vocabulary(tokenizer, model.llama.config.vocab_size, choice.checkpoint)
+    return model, suffix, room
+
+
+def check_vocabulary(tokenizer, vocab_size: int, checkpoint) -> None:
+    """A tokenizer and a model belong together only if their vocabularies have the same size:
+    ids the embedding table lacks crash, and a smaller tokenizer means other words for the same ids."""
+    if tokenizer.n_words != vocab_size:
+        where = tokenizer.model_path or "the checkpoint's own record"
+        raise InputError(f"the tokenizer ({where}) has {tokenizer.n_words} tokens but the model {checkpoint} "
+                         f"{vocab_size}: they do not belong together (see --tokenizer)")
+
+
+def full_finetuning(classifier, choice) -> None:
+    """Every parameter trains."""
+    classifier.llama.requires_grad_(True)
+
+
+def lora_adapters(classifier, choice) -> None:
+    """Only LoRA adapters on the attention projections and the head train (Hu et al. 2021):
+    apply_lora freezes the backbone around them; the head, outside it, keeps training.
+    (Imported here: the course variant without LoRA ships no lora.py.)"""
+    from lora import apply_lora
+
+    apply_lora(classifier.llama, rank=choice.lora_rank, alpha=choice.lora_alpha)
+
+
+# --option -> what trains. The training loop trains whatever requires_grad and checkpoints only
+# that, so a new parameter-efficient method is one more function here.
+TRAINABLE_PARAMETERS = {"finetune": full_finetuning, "lora": lora_adapters}
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) numbers in the model's parameters; a tied matrix counts once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# --------------------------------------------------------------------------------------------
+# Predicting and scoring
+
+
+@torch.no_grad()
+def predict(model, encoded: list[list[int]], batch_size: int, pad_id: int, device, desc: str) -> torch.Tensor:
+    """(N, num_labels) log-probabilities for the encoded inputs, in input order."""
+    model.eval()
+    scores = [None] * len(encoded)
+    for batch in tqdm(length_sorted_batches([len(ids) for ids in encoded], batch_size), desc=f"eval {desc}"):
+        input_ids, attention_mask = collate([encoded[i] for i in batch], pad_id, device)
+        with autocast(device):
+            log_probs = model(input_ids, attention_mask=attention_mask).float().cpu()
+        for row, i in enumerate(batch):
+            scores[i] = log_probs[row]
+    return torch.stack(scores)
+
+
+def score(examples: list[Example], log_probs: torch.Tensor, num_labels: int) -> dict:
+    """Accuracy, macro-F1 (the mean of the per-label F1 scores: every label counts the same,
+    however rare, which accuracy hides on SST's unbalanced labels), and the mean negative
+    log-likelihood of the gold labels with its perplexity."""
+    gold = torch.tensor([example.label for example in examples])
+    predictions = log_probs.argmax(-1)
+    loss = F.nll_loss(log_probs, gold).item()
+    return {"accuracy": (predictions == gold).float().mean().item(),
+            "macro_f1": f1_score(gold, predictions, labels=list(range(num_labels)), average="macro", zero_division=0),
+            "loss": loss, "perplexity": math.exp(min(loss, 50))}
+
+
+def report_split(split: Split, log_probs: torch.Tensor, num_labels: int) -> dict:
+    """Print `{split} acc :: 0.xxx` (the line graders grep) and macro-F1, unless the labels are placeholders."""
+    if split.placeholder_labels:
+        print(f"{split.name}: the labels in {split.path} are all {split.examples[0].label}, placeholders: "
+              "no accuracy reported")
+        return {"examples": len(split.examples), "placeholder_labels": True}
+    metrics = score(split.examples, log_probs, num_labels)
+    print(f"{split.name} acc :: {metrics['accuracy']:.3f}")
+    print(f"{split.name} macro-F1 :: {metrics['macro_f1']:.3f}")
+    return {"examples": len(split.examples), "placeholder_labels": False, **metrics}
+
+
+def write_predictions(path, examples: list[Example], predictions: list[int]) -> None:
+    write_atomically(path, "".join(f"{p} ||| {e.sentence}\n" for p, e in zip(predictions, examples)))
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: the trained tensors only
+
+
+def trained_state(model) -> dict[str, torch.Tensor]:
+    """The parameters that train (requires_grad), as CPU copies: all that a checkpoint needs
+    besides the pretrained file. A tied matrix appears once (named_parameters skips repeats)."""
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path, model, info: dict) -> None:
+    """{'model': trained_state, 'model_config': ..., ...}: tensors and builtins only, which
+    torch.load(..., weights_only=True) reads (upstream pickled an argparse.Namespace)."""
+    with atomic_path(path) as temporary:
+        torch.save({"model": trained_state(model), "model_config": model.llama.config.to_dict(), **info}, temporary)
+
+
+def load_checkpoint(path, model) -> dict:
+    """Put a save_checkpoint file's trained tensors back into `model` (built the same way); strict."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    saved = checkpoint["model"]
+    if params.keys() != saved.keys():
+        raise InputError(f"{path}: its tensors do not match the model's trainable parameters "
+                         f"(missing: {sorted(params.keys() - saved.keys())[:3]}, "
+                         f"unexpected: {sorted(saved.keys() - params.keys())[:3]})")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name])
+    return checkpoint
+
+
+def save_merged(model, tokenizer, path: Path) -> None:
+    """The LoRA model as one plain checkpoint (course format, plus the head and the tokenizer
+    record): adapters merged into the weights (merge_lora_weights), readable by load_pretrained."""
+    from lora import merge_lora_weights
+
+    merge_lora_weights(model.llama)
+    state = {name: t.detach().cpu() for name, t in model.llama.state_dict().items()}
+    with atomic_path(path) as temporary:
+        torch.save({"model_args": model.llama.config.to_dict(), "model": state, "tokenizer": tokenizer.to_record(),
+                    "classifier_head": {k: v.cpu() for k, v in model.classifier_head.state_dict().items()}}, temporary)
+    print(f"wrote the merged model {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+class ClassificationHooks(RunHooks):
+    """Score dev after every epoch (or --eval_every steps), keep the best-dev checkpoint, print
+    the upstream `epoch N: train loss :: ...` line."""
+
+    def __init__(self, model, objective, dev: Split, dev_encoded, batch_size: int, pad_id: int, device,
+                 steps_per_epoch: int, checkpoint_path: Path, info: dict, dist: Distributed):
+        self.model, self.objective, self.dev, self.dev_encoded = model, objective, dev, dev_encoded
+        self.batch_size, self.pad_id, self.device, self.dist = batch_size, pad_id, device, dist
+        self.steps_per_epoch, self.checkpoint_path, self.info = steps_per_epoch, checkpoint_path, info
+        # Placeholder dev labels cannot rank evaluations: then the latest is kept.
+        self.metric = "step" if dev.placeholder_labels else "accuracy"
+        self.history, self.losses, self.best_epoch, self.started = [], [], None, time.time()
+
+    def log_step(self, state, loss, lr, tokens_per_second):
+        self.losses.append(loss)
+
+    def evaluate(self, model, step):
+        log_probs = predict(model, self.dev_encoded, self.batch_size, self.pad_id, self.device, "dev")
+        metrics = score(self.dev.examples, log_probs, log_probs.shape[1])
+        return {**metrics, "step": step}
+
+    def on_evaluation(self, state, metrics, improved, optimizer):
+        epoch = math.ceil(state.step / self.steps_per_epoch) - 1
+        train_loss = sum(self.losses) / max(len(self.losses), 1)
+        train_acc = self.objective.correct / max(self.objective.seen, 1)
+        record = {"epoch": epoch, "step": state.step, "train_loss": train_loss, "train_acc": train_acc,
+                  "dev_acc": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"], "dev_loss": metrics["loss"],
+                  "dev_perplexity": metrics["perplexity"], "seconds": time.time() - self.started}
+        self.history.append(record)
+        self.losses, self.objective.correct, self.objective.seen, self.started = [], 0, 0, time.time()
+        if improved:
+            self.best_epoch = epoch
+            if self.dist.is_main:
+                save_checkpoint(self.checkpoint_path, self.model, {**self.info, "epoch": epoch, "step": state.step,
+                                                                   "dev_acc": record["dev_acc"]})
+        if self.dist.is_main:
+            at = f"epoch {epoch}" if state.step % self.steps_per_epoch == 0 else f"epoch {epoch}, step {state.step}"
+            print(f"{at}: train loss :: {train_loss:.3f}, train acc :: {train_acc:.3f}, dev acc :: "
+                  f"{record['dev_acc']:.3f}, dev macro-F1 :: {record['dev_macro_f1']:.3f}, dev loss :: "
+                  f"{record['dev_loss']:.3f}, time :: {record['seconds']:.1f}s")
+
+    def kept(self) -> str:
+        if self.best_epoch is None:
+            return "no checkpoint was written"
+        return f"the best checkpoint so far ({self.checkpoint_path}, epoch {self.best_epoch}) is kept"
+
+    def on_interrupt(self, state, optimizer):
+        return f"interrupted at step {state.step}: {self.kept()}"
+
+
+def epoch_batches(encoded: list[list[int]], labels: list[int], batch_size: int, pad_id: int, device, seed: int):
+    """batch_at(step) for classification: epoch after epoch of length-bucketed, shuffled batches,
+    a function of the step (each epoch's order drawn in turn from one seeded generator)."""
+    rng, epochs, lengths = random.Random(seed), [], [len(ids) for ids in encoded]
+
+    def batch_at(step: int) -> dict:
+        while len(epochs) * math.ceil(len(encoded) / batch_size) <= step:
+            epochs.append(length_sorted_batches(lengths, batch_size, rng))
+        batches = epochs[step // len(epochs[0])]
+        rows = batches[step % len(epochs[0])]
+        input_ids, attention_mask = collate([encoded[i] for i in rows], pad_id, device)
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "labels": torch.tensor([labels[i] for i in rows], device=device)}
+    return batch_at
+
+
+def fit(model, train_split: Split, train_encoded, dev: Split, dev_encoded, epochs: int, batch_size: int,
+        pad_id: int, settings: LoopSettings, seed: int, checkpoint_path: Path, info: dict, device,
+        dist: Distributed) -> dict:
+    """Train for `epochs`, keep the best-dev model at checkpoint_path, load it back. Returns the
+    history and what the summary reports."""
+    lengths = [len(ids) for ids in train_encoded]
+    padding = padding_fraction(lengths, length_sorted_batches(lengths, batch_size, random.Random(seed)))
+    if dist.is_main:
+        print(f"padding: {100 * padding:.1f}% of the training batches' positions")
+    steps_per_epoch = math.ceil(len(train_encoded) / batch_size)
+    settings = replace(settings, max_steps=settings.max_steps or epochs * steps_per_epoch,
+                       eval_every=settings.eval_every or steps_per_epoch)
+    objective = ClassificationLoss()
+    hooks = ClassificationHooks(model, objective, dev, dev_encoded, batch_size, pad_id, device, steps_per_epoch,
+                                checkpoint_path, info, dist)
+    batch_at = epoch_batches(train_encoded, [e.label for e in train_split.examples], batch_size, pad_id, device, seed)
+    try:
+        train(model, objective, batch_at, settings, hooks, device, dist)
+    except TrainingDiverged as error:
+        raise TrainingDiverged(f"{error}; {hooks.kept()}") from None
+    dist.barrier()  # rank 0 has written the checkpoint
+    best_epoch = load_checkpoint(checkpoint_path, model)["epoch"]
+    if dist.is_main:
+        print(f"reloaded the best-dev checkpoint {checkpoint_path} (epoch {best_epoch})")
+    return {"train_padding_fraction": padding, "epochs": hooks.history, "best_epoch": best_epoch}
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+
+
+@dataclass(frozen=True)
+class ClassificationRun:
+    """Everything one classification command needs, resolved and checked by run_llama.py."""
+    choice: ClassifierChoice
+    label_names: list[str]
+    splits: dict[str, Split]  # "train" (unless prompt or --checkpoint_in), "dev", maybe "test"
+    batch_size: int
+    max_sentence_len: int | None
+    epochs: int
+    settings: LoopSettings
+    seed: int
+    checkpoint_out: Path
+    checkpoint_in: Path | None
+    save_merged: bool
+    record: dict  # the command line, stored in the checkpoint
+
+
+def run_classification(run: ClassificationRun, tokenizer, device, dist: Distributed) -> dict:
+    """(Train,) predict dev and test, report; returns the run's summary."""
+    model, suffix, room = build_classifier(run.choice, tokenizer, run.label_names)
+    model.to(device)
+    trainable, total = count_parameters(model)
+    training = "train" in run.splits
+    if training and dist.is_main:
+        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    encoded = {name: encode_examples(split.examples, tokenizer, room, suffix, run.max_sentence_len, name)
+               for name, split in run.splits.items()}
+    summary = {"option": run.choice.option, "checkpoint": run.choice.checkpoint, "device": str(device),
+               "trainable_parameters": trainable, "total_parameters": total, "trainable_fraction": trainable / total}
+    if run.checkpoint_in is not None:
+        loaded = load_checkpoint(run.checkpoint_in, model)
+        print(f"loaded {run.checkpoint_in} (epoch {loaded.get('epoch')})")
+        summary["checkpoint_in"] = run.checkpoint_in
+    if training:
+        info = {"option": run.choice.option, "args": run.record, "label_names": run.label_names,
+                "lora": {"rank": run.choice.lora_rank, "alpha": run.choice.lora_alpha}
+                if run.choice.option == "lora" else None}
+        summary.update(fit(model, run.splits["train"], encoded["train"], run.splits["dev"], encoded["dev"],
+                           run.epochs, run.batch_size, tokenizer.pad_id, run.settings, run.seed, run.checkpoint_out,
+                           info, device, dist))
+        summary["checkpoint_out"] = run.checkpoint_out
+    if not dist.is_main:
+        return summary
+    for name, split in run.splits.items():
+        if split.predictions_out is None:
+            continue
+        log_probs = predict(model, encoded[name], run.batch_size, tokenizer.pad_id, device, name)
+        write_predictions(split.predictions_out, split.examples, log_probs.argmax(-1).tolist())
+        print(f"wrote {split.predictions_out}")
+        summary[name] = {"data": split.path, "predictions": split.predictions_out,
+                         **report_split(split, log_probs, run.choice.num_labels)}
+    if run.save_merged:
+        merged = run.checkpoint_out.with_suffix(".merged.pt")
+        save_merged(model, tokenizer, merged)
+        summary["merged_checkpoint"] = merged
+    return summary

@@ -121,6 +121,11 @@ COURSES = {
 DEFAULT_COURSE = "layernorm"  # what a tool assumes in the solution, where no course is set
 # Methods of the solution that no course teaches (e.g. a future IA3): their modules never ship.
 SOLUTION_ONLY_METHODS: tuple[Method, ...] = ()
+# The reference answers to the courses' A+ menu (parameter-efficient methods, prompting, WiSE-FT,
+# Mixout, decoding, continued pre-training): solution-side modules that no skeleton ships, so the
+# students who attempt an A+ item do not find it done.
+SOLUTION_ONLY_MODULES = ("ia3.py", "prompt_tuning.py", "prompting.py", "mixout.py", "wise_ft.py", "decoding.py",
+                         "pretraining.py")
 
 
 def here() -> list[Course]:
@@ -153,5 +158,6 @@ def all_methods() -> list[Method]:
 
 
 def method_modules() -> frozenset[str]:
-    """Every file that belongs to one method (lora.py): a skeleton ships only its course's own."""
-    return frozenset(method.module for method in all_methods() if method.module)
+    """Every file that belongs to one method (lora.py) or to the A+ work: a skeleton ships only
+    its course's own methods' files."""
+    return frozenset(method.module for method in all_methods() if method.module) | set(SOLUTION_ONLY_MODULES)

@@ -18,7 +18,8 @@ def test_the_reference_accuracies_are_designs_table():
 def test_each_course_names_its_options_files_and_outputs():
     luh, cmu = course.COURSES["rmsnorm"], course.COURSES["layernorm"]
     assert luh.options == ("generate", "prompt", "finetune") and cmu.options == luh.options + ("lora",)
-    assert course.method_modules() == {"lora.py"} and "lora.py" in cmu.student_code
+    assert course.method_modules() == {"lora.py", *course.SOLUTION_ONLY_MODULES} and "lora.py" in cmu.student_code
+    assert "ia3.py" in course.method_modules() and "training.py" not in course.method_modules()
     assert "sst-test-lora-output.txt" in cmu.output_files() and "sst-test-lora-output.txt" not in luh.output_files()
     assert {"generated-sentence-temp-0.txt", "cfimdb-dev-prompting-output.txt"} <= luh.output_files()
     assert [course.output_name(o) for o in ("prompt", "finetune", "lora", "ia3")] == \

@@ -16,7 +16,7 @@ TINY = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_
 
 # int8 logits of a tiny random model differ from float32 by at most this fraction of the logits'
 # standard deviation (measured: about 0.05 here, 0.18 of a std on the stories42M shape is never seen).
-LOGIT_TOLERANCE = 0.15
+LOGIT_TOLERANCE = 0.1
 
 
 def test_quantize_rows_round_trip_is_within_half_a_step():

@@ -46,8 +46,8 @@ def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
     The state dict has float32 tensors named like `Llama.state_dict()`, except that
     `output.weight` is left out when it is tied to (equal to) `tok_embeddings.weight`.
     """
-    path = require_file(path)
-    readers = {"torch": _read_torch, "llama2c": _read_llama2c, "gguf": _read_gguf}
+    path = Path(path) if Path(path).is_dir() else require_file(path)
+    readers = {"torch": _read_torch, "llama2c": _read_llama2c, "gguf": _read_gguf, "hf": _read_hf}
     model_args, state_dict = readers[checkpoint_format(path)](path)
     try:
         LlamaConfig.from_dict(model_args)  # fail here, naming the file, rather than in the model
@@ -57,7 +57,9 @@ def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def checkpoint_format(path) -> str:
-    """'torch', 'llama2c' or 'gguf', from the first bytes of the file."""
+    """'torch', 'llama2c' or 'gguf', from the first bytes of the file; 'hf' for a folder."""
+    if Path(path).is_dir():
+        return "hf"
     with open(path, "rb") as f:
         head = f.read(28)
     if head.startswith(GGUF_MAGIC):
@@ -310,6 +312,11 @@ def _gguf_name(path: Path, name: str) -> str:
     if len(parts) == 2 and parts[0] in GGUF_MODEL_NAMES:
         return f"{GGUF_MODEL_NAMES[parts[0]]}.{parts[1]}"
     raise CheckpointError(f"{path}: unexpected GGUF tensor {name!r} (not part of a Llama model)")
+
+
+def _read_hf(path: Path):
+    from hf_checkpoint import read_hf_folder  # it imports this module
+    return read_hf_folder(path)
 
 
 # ---------------------------------------------------------------------------------------------

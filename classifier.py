@@ -62,6 +62,52 @@ def continuation_ids(tokenizer, context: str, text: str) -> list[int]:
     return full[len(head):]
 
 
+def label_table(label_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labels' token ids as a right-padded (num_labels, L) table, L = the longest label,
+    and the (num_labels, L) booleans that mark its real entries."""
+    longest = max(len(ids) for ids in label_ids)
+    table = torch.zeros(len(label_ids), longest, dtype=torch.long)
+    real = torch.zeros(len(label_ids), longest, dtype=torch.bool)
+    for i, ids in enumerate(label_ids):
+        table[i, :len(ids)] = torch.tensor(ids)
+        real[i, :len(ids)] = True
+    return table, real
+
+
+def score_continuations(llama, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        label_table: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) right-padded prompts -> (B, num_labels): the log-probability of every label's token
+    sequence (a row of label_table) as the continuation of every prompt. Gradients flow where the
+    model's parameters require them (prompt-based fine-tuning trains through this)."""
+    batch_size, prompt_len = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    n_labels, label_len = label_table.shape
+
+    # 1. The prompt, once. Its last real position predicts every label's first token.
+    cache = llama.new_kv_cache(batch_size, max_len=prompt_len + label_len - 1)
+    _, hidden = llama(input_ids, attention_mask=attention_mask, kv_cache=cache)  # (B, T, dim)
+    last = hidden[torch.arange(batch_size), last_real_positions(attention_mask)]  # (B, dim)
+    first = F.log_softmax(llama.output(last).float(), dim=-1)  # (B, V)
+    scores = first[:, label_table[:, 0]]  # (B, n_labels)
+    if label_len == 1:
+        return scores
+
+    # 2. Every label's other tokens, for all (sentence, label) pairs in one batch of
+    # B * n_labels rows (row b * n_labels + l: sentence b, label l) on the shared prompt cache.
+    for layer_cache in cache:
+        layer_cache.repeat_interleave(n_labels)
+    inputs = label_table[:, :-1].repeat(batch_size, 1)  # (B*n, L-1): token j predicts j+1
+    targets = label_table[:, 1:].repeat(batch_size, 1)  # (B*n, L-1)
+    is_target = label_mask[:, 1:].repeat(batch_size, 1)  # (B*n, L-1)
+    mask = torch.cat([attention_mask.repeat_interleave(n_labels, dim=0),
+                      label_mask[:, :-1].repeat(batch_size, 1).to(attention_mask.dtype)], dim=1)
+    _, hidden = llama(inputs, attention_mask=mask, kv_cache=cache)  # (B*n, L-1, dim)
+    log_probs = F.log_softmax(llama.output(hidden).float(), dim=-1)  # (B*n, L-1, V)
+    rest = log_probs.gather(-1, targets[..., None])[..., 0] * is_target  # padding scores 0
+    return scores + rest.sum(-1).view(batch_size, n_labels)
+
+
 class LlamaZeroShotClassifier(nn.Module):
     """Classify by asking the frozen language model which label continues the prompt best.
 
@@ -90,14 +136,7 @@ class LlamaZeroShotClassifier(nn.Module):
         # What run_llama.py appends to the sentence's tokens to build the prompt.
         self.question_ids = continuation_ids(tokenizer, ".", " " + question)
         self.label_ids = [continuation_ids(tokenizer, question, " " + name) for name in self.label_names]
-
-        # The label tokens as a right-padded (num_labels, L) table, L = longest label.
-        longest = max(len(ids) for ids in self.label_ids)
-        table = torch.zeros(self.num_labels, longest, dtype=torch.long)
-        real = torch.zeros(self.num_labels, longest, dtype=torch.bool)
-        for i, ids in enumerate(self.label_ids):
-            table[i, :len(ids)] = torch.tensor(ids)
-            real[i, :len(ids)] = True
+        table, real = label_table(self.label_ids)
         self.register_buffer("label_table", table, persistent=False)
         self.register_buffer("label_mask", real, persistent=False)
 
@@ -110,33 +149,7 @@ class LlamaZeroShotClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T): right-padded prompts (BOS + sentence + question ids).
         Returns (B, num_labels): log p(" " + label | prompt) for every label."""
-        batch_size, prompt_len = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        n_labels, label_len = self.label_table.shape
-
-        # 1. The prompt, once. Its last real position predicts every label's first token.
-        cache = self.llama.new_kv_cache(batch_size, max_len=prompt_len + label_len - 1)
-        _, hidden = self.llama(input_ids, attention_mask=attention_mask, kv_cache=cache)  # (B, T, dim)
-        last = hidden[torch.arange(batch_size), last_real_positions(attention_mask)]  # (B, dim)
-        first = F.log_softmax(self.llama.output(last).float(), dim=-1)  # (B, V)
-        scores = first[:, self.label_table[:, 0]]  # (B, n_labels)
-        if label_len == 1:
-            return scores
-
-        # 2. Every label's other tokens, for all (sentence, label) pairs in one batch of
-        # B * n_labels rows (row b * n_labels + l: sentence b, label l) on the shared prompt cache.
-        for layer_cache in cache:
-            layer_cache.repeat_interleave(n_labels)
-        inputs = self.label_table[:, :-1].repeat(batch_size, 1)  # (B*n, L-1): token j predicts j+1
-        targets = self.label_table[:, 1:].repeat(batch_size, 1)  # (B*n, L-1)
-        is_target = self.label_mask[:, 1:].repeat(batch_size, 1)  # (B*n, L-1)
-        mask = torch.cat([attention_mask.repeat_interleave(n_labels, dim=0),
-                          self.label_mask[:, :-1].repeat(batch_size, 1).to(attention_mask.dtype)], dim=1)
-        _, hidden = self.llama(inputs, attention_mask=mask, kv_cache=cache)  # (B*n, L-1, dim)
-        log_probs = F.log_softmax(self.llama.output(hidden).float(), dim=-1)  # (B*n, L-1, V)
-        rest = log_probs.gather(-1, targets[..., None])[..., 0] * is_target  # padding scores 0
-        return scores + rest.sum(-1).view(batch_size, n_labels)
+        return score_continuations(self.llama, input_ids, attention_mask, self.label_table, self.label_mask)
 
 
 class LlamaEmbeddingClassifier(nn.Module):

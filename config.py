@@ -5,6 +5,8 @@ The defaults describe stories42M, the 42M-parameter TinyStories model the assign
 
 from dataclasses import asdict, dataclass, fields
 
+from rope_scaling import check_rope_scaling
+
 # The shapes of llama2.c's TinyStories models (karpathy/tinyllamas), for --preset. The vocabulary
 # size is the tokenizer's, so it is not part of a preset.
 PRESETS = {
@@ -32,6 +34,7 @@ class LlamaConfig:
     hidden_dim: int | None = None  # None: derived from dim, see ffn_hidden_dim
     norm_type: str = "rmsnorm"  # "rmsnorm" (Llama 2) or "layernorm" (the 2025 CMU variant)
     rope_theta: float = 10000.0  # SmolLM2 uses 100000
+    rope_scaling: dict | None = None  # Llama 3's long-context frequencies: {"rope_type": "llama3", ...}, see rope_scaling.py
     tie_word_embeddings: bool = True  # output.weight is tok_embeddings.weight
     fused_attention: bool = True  # F.scaled_dot_product_attention instead of the explicit softmax
 
@@ -46,6 +49,8 @@ class LlamaConfig:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if (self.dim // self.n_heads) % 2:
             raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for rotary embeddings")
+        if self.rope_scaling is not None:
+            check_rope_scaling(self.rope_scaling)
 
     @property
     def head_dim(self) -> int:

@@ -14,6 +14,7 @@ from torch import nn
 from base_llama import LlamaPreTrainedModel
 from config import LlamaConfig
 from rope import apply_rotary_emb
+from rope_scaling import rope_base
 
 
 class RMSNorm(nn.Module):
@@ -117,7 +118,7 @@ class Attention(nn.Module):
         self.n_rep = self.n_heads // self.n_kv_heads
         self.head_dim = config.head_dim
         self.max_seq_len = config.max_seq_len
-        self.rope_theta = config.rope_theta
+        self.rope_theta = rope_base(config.rope_theta, config.rope_scaling)  # a ScaledTheta for Llama 3
         self.fused = config.fused_attention
 
         self.compute_query = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)

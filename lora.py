@@ -34,13 +34,15 @@ Typical use (what `run_llama.py --option lora` does):
 """
 
 import math
-from typing import Iterator, NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-# the attention projections of every layer: layers.{i}.attention.<name> (see DESIGN.md, "LoRA contract")
-ATTENTION_PROJECTIONS = ("compute_query", "compute_key", "compute_value", "compute_output")
+# ATTENTION_PROJECTIONS: the default targets (DESIGN.md, "LoRA contract"); parse_targets reads --lora_targets
+from adapters import (ATTENTION_PROJECTIONS, ParameterCount, adapter_parameters, adapter_state_dict,
+                      count_parameters, freeze_all_but, layers_of_type, load_adapter_state_dict,
+                      wrap_children)
 
 
 class LoRALayer(nn.Module):
@@ -98,14 +100,6 @@ class LoRALayer(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}"
 
 
-def _lora_layers(model: nn.Module) -> Iterator[tuple[nn.Module, str, LoRALayer]]:
-    """Yield (parent module, attribute name, layer) for every LoRALayer in `model`."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, LoRALayer):
-                yield parent, child_name, child
-
-
 def apply_lora(model: nn.Module, rank: int = 4, alpha: float = 1.0,
                targets: Sequence[str] = ATTENTION_PROJECTIONS, dropout: float = 0.0) -> nn.Module:
     """
@@ -128,54 +122,21 @@ def apply_lora(model: nn.Module, rank: int = 4, alpha: float = 1.0,
     Raises ValueError if `model` already has LoRA layers, or if a target name matches no nn.Linear
     (a typo or a model using other names, e.g. llama2.c's `wq`, would otherwise train nothing).
     """
-    if any(True for _ in _lora_layers(model)):
+    if layers_of_type(model, LoRALayer):
         raise ValueError("apply_lora: the model already has LoRA layers; merge_lora_weights(model) first "
                          "to add a new adapter on top of the merged weights")
-    if isinstance(targets, str):  # a lone string would be taken letter by letter
-        targets = (targets,)
-
-    # collect first, then replace: editing the module tree while iterating modules() is unsafe
-    to_wrap = [(parent, child_name) for parent in model.modules()
-               for child_name, child in parent.named_children()
-               if child_name in targets and isinstance(child, nn.Linear)]
-    missing = set(targets) - {child_name for _, child_name in to_wrap}
-    if missing:
-        raise ValueError(f"apply_lora: no nn.Linear named {sorted(missing)} in the model "
-                         f"(targets: {list(targets)})")
-
-    model.requires_grad_(False)
-    for parent, child_name in to_wrap:
-        layer = LoRALayer(getattr(parent, child_name), rank=rank, alpha=alpha, dropout=dropout)
-        setattr(parent, child_name, layer)
+    wrap_children(model, targets, lambda _, linear: LoRALayer(linear, rank=rank, alpha=alpha, dropout=dropout),
+                  "apply_lora")
+    freeze_all_but(model, "lora_")
     return model
-
-
-class ParameterCount(NamedTuple):
-    """What `count_lora_parameters` returns. Tied weights (output / tok_embeddings) count once."""
-    lora: int       # numbers in lora_A / lora_B tensors
-    trainable: int  # numbers with requires_grad: the adapters plus whatever the caller unfroze (a head)
-    total: int      # every parameter of the model, frozen or not
-
-    @property
-    def trainable_fraction(self) -> float:
-        return self.trainable / self.total if self.total else 0.0
-
-    def __str__(self) -> str:
-        return (f"trainable parameters: {self.trainable:,} of {self.total:,} "
-                f"({100 * self.trainable_fraction:.3f}%), of which LoRA adapters: {self.lora:,}")
 
 
 def count_lora_parameters(model: nn.Module) -> ParameterCount:
     """
-    Count the model's parameters: `ParameterCount(lora, trainable, total)`, a NamedTuple
+    Count the model's parameters: `ParameterCount(adapter, trainable, total)`, a NamedTuple
     (unpacks as `lora, trainable, total = ...`; `str()` of it is a one-line summary to print).
     """
-    lora = trainable = total = 0
-    for name, p in model.named_parameters():  # named_parameters() yields a tied tensor once
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-        lora += p.numel() if "lora_" in name else 0
-    return ParameterCount(lora=lora, trainable=trainable, total=total)
+    return count_parameters(model, "lora_")
 
 
 def get_lora_optimizer_params(model: nn.Module) -> list[nn.Parameter]:
@@ -184,11 +145,7 @@ def get_lora_optimizer_params(model: nn.Module) -> list[nn.Parameter]:
     optimizer. Hand the optimizer only these, not model.parameters(): it then keeps no state
     for the frozen weights. Add the head's parameters yourself if it trains too.
     """
-    params = [p for name, p in model.named_parameters() if "lora_" in name]
-    if not params:
-        raise ValueError("get_lora_optimizer_params: the model has no LoRA parameters; "
-                         "call apply_lora(model) first")
-    return params
+    return list(adapter_parameters(model, "lora_", "apply_lora").values())
 
 
 def merge_lora_weights(model: nn.Module) -> nn.Module:
@@ -200,7 +157,7 @@ def merge_lora_weights(model: nn.Module) -> nn.Module:
     loaded strictly like any pretrained checkpoint. requires_grad flags stay as they were (the
     merged projections stay frozen); call model.requires_grad_(True) to train the whole model further.
     """
-    layers = list(_lora_layers(model))  # materialise: the loop below edits the module tree
+    layers = layers_of_type(model, LoRALayer)
     if not layers:
         raise ValueError("merge_lora_weights: the model has no LoRA layers to merge")
     for parent, child_name, layer in layers:
@@ -222,10 +179,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     It does not record alpha (the rank is in the shapes): save alpha alongside, and save a
     trained classifier head separately.
     """
-    state = {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
-    if not state:
-        raise ValueError("lora_state_dict: the model has no LoRA parameters; call apply_lora(model) first")
-    return state
+    return adapter_state_dict(model, "lora_", "apply_lora")
 
 
 def load_lora_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
@@ -235,21 +189,4 @@ def load_lora_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
     and every shape must agree; anything else raises ValueError naming the offending tensors.
     Returns `model`.
     """
-    params = {name: p for name, p in model.named_parameters() if "lora_" in name}
-    if not params:
-        raise ValueError("load_lora_state_dict: the model has no LoRA layers; "
-                         "call apply_lora(model, rank, alpha) first")
-    missing = sorted(params.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - params.keys())
-    if missing or unexpected:
-        raise ValueError(f"load_lora_state_dict: adapter names do not match the model; "
-                         f"missing: {missing or 'none'}; unexpected: {unexpected or 'none'}")
-    mismatched = [f"{name}: saved {tuple(state_dict[name].shape)}, model {tuple(p.shape)}"
-                  for name, p in params.items() if state_dict[name].shape != p.shape]
-    if mismatched:
-        raise ValueError("load_lora_state_dict: adapter shapes do not match the model (different rank?): "
-                         + "; ".join(mismatched))
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(state_dict[name])  # copy_ converts device and dtype
-    return model
+    return load_adapter_state_dict(model, state_dict, "lora_", "apply_lora")

@@ -15,14 +15,19 @@ from functools import lru_cache
 
 import torch
 
+from rope_scaling import ScaledTheta, llama3_frequencies
+
 
 @lru_cache(maxsize=16)
 def precompute_freqs_cos_sin(head_dim: int, max_seq_len: int, theta: float = 10000.0,
                              device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of every rotation angle, each (max_seq_len, head_dim // 2), float32.
 
-    The table depends only on these numbers, so it is computed once and cached."""
+    The table depends only on these numbers, so it is computed once and cached. A ScaledTheta
+    `theta` scales the frequencies as Llama 3 does."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim)
+    if isinstance(theta, ScaledTheta):
+        inv_freq = llama3_frequencies(inv_freq, *theta.scaling)
     positions = torch.arange(max_seq_len, device=device).float()
     angles = torch.outer(positions, inv_freq)  # (max_seq_len, head_dim // 2)
     return torch.cos(angles), torch.sin(angles)

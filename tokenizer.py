@@ -70,6 +70,8 @@ class Tokenizer:
     long to end within max_len.
 
     A character vocabulary is a JSON file `{"type": "char", "chars": "..."}` (what `save` writes).
+    A Hugging Face `tokenizer.json`, or a folder holding one, gives a "bpe" tokenizer with the
+    special ids, BOS rule and chat template of the `tokenizer_config.json` beside it (hf_tokenizer.py).
 
     Attributes: `bos_id`, `eos_id`, `pad_id` (SentencePiece: the byte piece `<0x00>`, id 3,
     a real embedding row for a byte that never occurs in text; GGUF: its padding id), `n_words`,
@@ -82,6 +84,9 @@ class Tokenizer:
     """
 
     def __init__(self, max_len: int | None = None, tokenizer_model=None):
+        if tokenizer_model is not None and Path(tokenizer_model).is_dir():  # a Hugging Face folder
+            from hf_tokenizer import tokenizer_json_in
+            tokenizer_model = tokenizer_json_in(Path(tokenizer_model))
         self.model_path = require_file(tokenizer_model or TOKENIZER_MODEL, HOW_TO_GET)
         self.max_len = max_len
         self.chat_template = None
@@ -136,8 +141,9 @@ class Tokenizer:
         char_tokenizer.json. Returns its path."""
         if self.kind == "sentencepiece":
             path, data = Path(folder) / "tokenizer.model", self.sp.serialized_model_proto()
-        elif self.kind == "bpe":
-            path, data = Path(folder) / "tokenizer.json", self.bpe.to_str().encode()
+        elif self.kind == "bpe":  # with tokenizer_config.json beside it: special ids, BOS rule, template
+            from hf_tokenizer import write_tokenizer_files
+            return write_tokenizer_files(self, Path(folder))
         else:
             path, data = Path(folder) / "char_tokenizer.json", json.dumps({"type": "char", "chars": self.chars}).encode()
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -150,6 +156,12 @@ class Tokenizer:
             content = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: not a valid JSON tokenizer file: {error}") from None
+        if "model" in content:  # the `tokenizers` library's tokenizer.json, as in Hugging Face folders
+            from hf_tokenizer import read_tokenizer_json
+            found = read_tokenizer_json(path)
+            self._use_bpe(found["bpe"], found["bos_id"], found["eos_id"], found["pad_id"], found["add_bos"])
+            self.chat_template = found["chat_template"]
+            return
         if content.get("type") != "char" or not isinstance(content.get("chars"), str):
             raise ValueError(f"{path}: a JSON tokenizer file must be {{\"type\": \"char\", \"chars\": \"...\"}}")
         self._use_chars(content["chars"])
@@ -191,23 +203,28 @@ class Tokenizer:
                 raise CheckpointError(f"{path}: GGUF metadata lacks tokenizer.ggml.{key}")
             return value
 
-        if metadata("model") != "gpt2":
-            raise CheckpointError(f"{path}: GGUF tokenizer {metadata('model')!r} is not supported "
-                                  "(only byte-level BPE, 'gpt2')")
-        pre = gguf_metadata(reader, "tokenizer.ggml.pre", "default")
-        if pre not in GGUF_PRE_TOKENIZERS:
-            raise CheckpointError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported "
-                                  f"(known: {', '.join(sorted(GGUF_PRE_TOKENIZERS))})")
-        pieces, types = metadata("tokens"), metadata("token_type")
-        vocab = {piece: i for i, piece in enumerate(pieces)}
-        merges = [tuple(merge.split(" ")) for merge in metadata("merges")]
-        bpe = BPETokenizer(models.BPE(vocab=vocab, merges=merges))
-        bpe.pre_tokenizer = GGUF_PRE_TOKENIZERS[pre]()
-        bpe.decoder = decoders.ByteLevel()
-        # Control pieces such as <|im_start|> are matched whole in the text (chat templates write
-        # them), never split into bytes; decode leaves them out, as SentencePiece drops BOS/EOS.
-        bpe.add_special_tokens([AddedToken(piece, special=True, normalized=False)
-                                for piece, kind in zip(pieces, types) if kind == CONTROL])
+        vocabulary = metadata("model")
+        if vocabulary not in ("gpt2", "llama"):
+            raise CheckpointError(f"{path}: GGUF tokenizer {vocabulary!r} is not supported "
+                                  "(only byte-level BPE, 'gpt2', and SentencePiece BPE, 'llama')")
+        if vocabulary == "llama":  # rebuilt as the `tokenizers` BPE that gives SentencePiece's ids
+            from hf_tokenizer import sentencepiece_as_bpe
+            bpe = sentencepiece_as_bpe(metadata("tokens"), metadata("scores"), metadata("token_type"))
+        else:
+            pre = gguf_metadata(reader, "tokenizer.ggml.pre", "default")
+            if pre not in GGUF_PRE_TOKENIZERS:
+                raise CheckpointError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported "
+                                      f"(known: {', '.join(sorted(GGUF_PRE_TOKENIZERS))})")
+            pieces, types = metadata("tokens"), metadata("token_type")
+            vocab = {piece: i for i, piece in enumerate(pieces)}
+            merges = [tuple(merge.split(" ")) for merge in metadata("merges")]
+            bpe = BPETokenizer(models.BPE(vocab=vocab, merges=merges))
+            bpe.pre_tokenizer = GGUF_PRE_TOKENIZERS[pre]()
+            bpe.decoder = decoders.ByteLevel()
+            # Control pieces such as <|im_start|> are matched whole in the text (chat templates write
+            # them), never split into bytes; decode leaves them out, as SentencePiece drops BOS/EOS.
+            bpe.add_special_tokens([AddedToken(piece, special=True, normalized=False)
+                                    for piece, kind in zip(pieces, types) if kind == CONTROL])
 
         eos_id = metadata("eos_token_id")
         self._use_bpe(bpe, metadata("bos_token_id"), eos_id,
@@ -242,9 +259,9 @@ class Tokenizer:
 def tokenizer_for_checkpoint(checkpoint, max_len: int | None = None) -> Tokenizer:
     """The tokenizer a checkpoint was trained with: the record a checkpoint of ours carries, a GGUF
     file's own vocabulary, else Llama 2's tokenizer.model (llama2.c's and the course's files)."""
-    path = require_file(checkpoint)
+    path = Path(checkpoint) if Path(checkpoint).is_dir() else require_file(checkpoint)
     kind = checkpoint_format(path)
-    if kind == "gguf":
+    if kind in ("gguf", "hf"):
         return Tokenizer(max_len, tokenizer_model=path)
     if kind == "torch":
         record = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("tokenizer")

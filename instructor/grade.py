@@ -2,13 +2,16 @@
 
 A SUBMISSION is a zip made by prepare_submit.py (one folder named after the Andrew ID) or a folder.
 For each one this tool
-  1. extracts it safely into DIR/work/NAME: absolute paths, `..`, symlinks, too many files or too
-     many bytes are rejected (sizes are checked in the zip headers and again while streaming,
-     since headers can lie);
+  1. unpacks it safely into DIR/work/NAME (unpack.py: no absolute paths, `..`, symlinks or zip bombs);
   2. runs the grader checks (RoPE, AdamW, the sanity forward pass) on the submission's code, each
-     in its own child process (grader_probe.py) with a time limit and a memory limit. The
-     submission's code is never imported into this process: the child writes its outputs as
-     plain arrays and this process compares them with the instructor's reference files;
+     in its own child process (grader_probe.py) inside a bubblewrap sandbox (sandbox.py: no
+     network, a read-only system, only the submission's own copy writable, the reference files and
+     the other submissions out of sight) with a time limit and a memory limit. The submission's
+     code is never imported into this process: the child writes its outputs as plain arrays and
+     this process compares them with the expected ones, of two kinds: the upstream reference
+     files, and the solution's own outputs on inputs drawn for this run from a seed that only the
+     reports record (drawn_inputs.py). A submission must match both, so reading or memorising the
+     shipped answers does not pass;
   3. scores the prediction files against the gold labels (dev sets and the SST test set; the
      CFIMDB test labels are placeholders, so no accuracy is reported for them);
   4. measures the perplexity of the submitted generations under a reference model and flags
@@ -18,41 +21,33 @@ For each one this tool
        A   ... and every accuracy is within 0.05 (SST) / 0.15 (CFIMDB) of the reference table
            (or above it), and no generation is flagged
        A-  ... the checks pass and the outputs are there, but an accuracy or a generation is off
-     and writes DIR/reports/NAME.json and NAME.md, plus DIR/grades.csv for the batch.
+     and writes DIR/reports/NAME.json and NAME.md (reports.py), plus DIR/grades.csv for the batch;
+  6. deletes the work folders (--keep keeps them).
 A broken, hostile or hanging submission gets a report that says what happened; the batch goes on.
-
-The isolation is process-level (rlimits, a time limit, a fresh working folder, a scrubbed
-environment), not a container: grade untrusted code on a machine or account that holds nothing else.
+Without bubblewrap it refuses to grade, unless --unsafe-no-sandbox says to rely on process limits.
 """
 
 import argparse
-import csv
-import json
-import math
 import os
 import re
-import resource
+import secrets
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
-import threading
-import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from checks import Expected, prepare_expected, run_check
+from perplexity import PerplexityModel, default_perplexity_model, flag_generations
+from reports import CHECKS, write_reports
+from sandbox import UNSAFE_EXPLANATION, SandboxUnavailable, Unsandboxed, find_bubblewrap, remove
+from unpack import ArchiveLimits, Rejected, code_root, safe_copy_folder, safe_extract_zip
 
 INSTRUCTOR_DIR = Path(__file__).resolve().parent
 REPO_ROOT = INSTRUCTOR_DIR.parent
 
 # The instructor's copies of the checks, run against the submission's modules.
 HARNESS_FILES = [REPO_ROOT / "rope_test.py", REPO_ROOT / "optimizer_test.py", REPO_ROOT / "sanity_check.py",
-                 INSTRUCTOR_DIR / "grader_probe.py"]
+                 INSTRUCTOR_DIR / "grader_probe.py", INSTRUCTOR_DIR / "drawn_inputs.py"]
 # Modules students do not write: taken from the solution when a submission lacks them.
 SUPPORT_MODULES = ["config.py", "base_llama.py", "utils.py", "checkpoints.py", "tokenizer.py"]
 
@@ -72,209 +67,12 @@ REFERENCE_FILES = {"rope": "rotary_embedding_actual.data", "optimizer": {None: "
                    "sanity": {"rmsnorm": "sanity_check_rmsnorm.data", "layernorm": "sanity_check_layernorm.data"}}
 GENERATION_FILES = ["generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"]
 MAX_TEXT_BYTES = 20 * 2**20  # a prediction or generation file larger than this is not read
-
-
-class Rejected(Exception):
-    """The submission cannot be graded safely; the message says why."""
-
-
-# ----------------------------------------------------------------------------- safe extraction
-
-@dataclass
-class Limits:
-    max_files: int = 2000
-    max_bytes: int = 200 * 2**20
-    timeout_s: float = 900.0
-    memory_mb: int = 8192
-
-
-def _check_member_name(name: str) -> None:
-    parts = re.split(r"[/\\]", name)
-    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
-        raise Rejected(f"absolute path in the archive: {name!r}")
-    if ".." in parts:
-        raise Rejected(f"path with '..' in the archive: {name!r}")
-    if "\0" in name:
-        raise Rejected(f"file name with a NUL byte in the archive: {name!r}")
-
-
-def safe_extract_zip(zip_path: Path, dest: Path, limits: Limits) -> None:
-    """Extract `zip_path` into `dest`, refusing anything that could escape it or exhaust the disk."""
-    dest.mkdir(parents=True)
-    root = dest.resolve()
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        raise Rejected(f"{zip_path.name} is not a zip file") from None
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > limits.max_files:
-            raise Rejected(f"the archive has {len(infos)} entries; at most {limits.max_files} are accepted")
-        declared = sum(info.file_size for info in infos)
-        if declared > limits.max_bytes:
-            raise Rejected(f"the archive unpacks to {declared} bytes; at most {limits.max_bytes} are accepted")
-        for info in infos:
-            _check_member_name(info.filename)
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise Rejected(f"symbolic link in the archive: {info.filename!r}")
-        written = 0
-        for info in infos:
-            target = (dest / info.filename).resolve()
-            if root not in target.parents and target != root:
-                raise Rejected(f"{info.filename!r} would be written outside the extraction folder")
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with archive.open(info) as source, open(target, "xb") as sink:
-                    member_bytes = 0
-                    while chunk := source.read(1 << 20):
-                        member_bytes += len(chunk)
-                        written += len(chunk)
-                        if member_bytes > info.file_size or written > limits.max_bytes:
-                            raise Rejected(f"{info.filename!r} unpacks to more bytes than its header says "
-                                           f"(a zip bomb?); stopped at {written} bytes")
-                        sink.write(chunk)
-            except FileExistsError:
-                raise Rejected(f"{info.filename!r} appears twice in the archive") from None
-            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as err:
-                raise Rejected(f"cannot extract {info.filename!r}: {err}") from None
-
-
-def safe_copy_folder(folder: Path, dest: Path, limits: Limits) -> None:
-    """Copy a submission folder, with the same limits as a zip; symlinks are rejected, not followed."""
-    files, total = 0, 0
-    for root, dirs, names in os.walk(folder):
-        for name in dirs + names:
-            path = Path(root, name)
-            if path.is_symlink():
-                raise Rejected(f"symbolic link in the submission: {path.relative_to(folder)}")
-        for name in names:
-            path = Path(root, name)
-            files += 1
-            total += path.stat().st_size
-            if files > limits.max_files or total > limits.max_bytes:
-                raise Rejected(f"the folder has more than {limits.max_files} files or {limits.max_bytes} bytes")
-    shutil.copytree(folder, dest, symlinks=True)
-
-
-def code_root(extracted: Path) -> Path:
-    """The submission's top-level folder (upstream: one folder named after the Andrew ID)."""
-    entries = [p for p in extracted.iterdir() if not p.name.startswith(("_", "."))]
-    if len(entries) == 1 and entries[0].is_dir():
-        return entries[0]
-    return extracted
-
-
-# ----------------------------------------------------------------------------- running a check
-
-@dataclass
-class CheckResult:
-    status: str  # passed, failed, not implemented, error, timeout, memory, skipped
-    detail: str = ""
-    seconds: float = 0.0
-
-
-def _limit_resources(memory_bytes: int, cpu_seconds: int):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 2**20, 256 * 2**20))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return apply
-
-
-def run_limited(command: list[str], cwd: Path, home: Path, limits: Limits, log: Path) -> tuple[int | None, str, float]:
-    """Run `command` in its own session with rlimits; kill its whole process group at the time
-    limit. Returns (exit code or None on timeout, the output's tail, seconds)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(home),
-           "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    start = time.monotonic()
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                   preexec_fn=_limit_resources(limits.memory_mb * 2**20, int(limits.timeout_s) + 5))
-        try:
-            code = process.wait(timeout=limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # the child and anything it started
-            except ProcessLookupError:
-                pass
-            process.wait()
-    with open(log, "rb") as output:
-        output.seek(max(0, log.stat().st_size - 4000))
-        tail = output.read().decode(errors="replace")
-    return code, tail, time.monotonic() - start
-
-
-def _classify_failure(code: int | None, tail: str, limits: Limits) -> CheckResult:
-    last = tail.strip().splitlines()[-1] if tail.strip() else ""
-    if code is None:
-        return CheckResult("timeout", f"killed after {limits.timeout_s:g} s")
-    if "MemoryError" in tail or "bad_alloc" in tail or "Cannot allocate memory" in tail \
-            or "DefaultCPUAllocator: can't allocate" in tail:
-        return CheckResult("memory", f"exceeded the {limits.memory_mb} MB memory limit: {last[-300:]}")
-    if code < 0:
-        return CheckResult("error", f"killed by signal {signal.Signals(-code).name}: {last[-300:]}")
-    if "NotImplementedError" in tail:
-        return CheckResult("not implemented", last[-300:])
-    return CheckResult("error", f"exit code {code}: {last[-300:]}")
-
-
-def run_check(check: str, run_dir: Path, reference_dir: Path, variant: str, checkpoint: Path | None,
-              limits: Limits) -> CheckResult:
-    """Compute one check's outputs in a child process, then compare them here with the reference."""
-    norm, max_grad_norm = VARIANT_CHECKS[variant]
-    if check == "rope":
-        reference, extra = REFERENCE_FILES["rope"], []
-    elif check == "optimizer":
-        reference = REFERENCE_FILES["optimizer"][max_grad_norm]
-        extra = [] if max_grad_norm is None else ["--max-grad-norm", str(max_grad_norm)]
-    else:
-        if checkpoint is None or not checkpoint.is_file():
-            return CheckResult("skipped", "no checkpoint for the sanity check (--checkpoint)")
-        reference = REFERENCE_FILES["sanity"][norm]
-        extra = ["--checkpoint", str(checkpoint.resolve()), "--norm", norm]
-    reference_path = reference_dir / reference
-    if not reference_path.is_file():
-        return CheckResult("skipped", f"reference file {reference_path} not found")
-
-    out = run_dir / f"{check}-outputs.npz"
-    command = [sys.executable, "-I", str(run_dir / "harness" / "grader_probe.py"), check,
-               str(run_dir / "harness"), str(run_dir / "code"), str(out), *extra]
-    code, tail, seconds = run_limited(command, run_dir / "code", run_dir / "home", limits, run_dir / f"{check}.log")
-    if code != 0 or not out.is_file():
-        result = _classify_failure(code, tail, limits)
-        result.seconds = seconds
-        return result
-    if out.stat().st_size > 64 * 2**20:
-        return CheckResult("error", "the outputs file is implausibly large", seconds)
-    with np.load(out, allow_pickle=False) as arrays:
-        actual = {name: torch.from_numpy(arrays[name]) for name in arrays.files}
-    if check == "rope":
-        expected = dict(zip(("query", "key"), torch.load(reference_path, weights_only=True)))
-        tolerance = {}  # torch.allclose's defaults, as rope_test.py
-    elif check == "optimizer":
-        expected = {"weight": torch.from_numpy(np.load(reference_path))}
-        tolerance = {"atol": 1e-5, "rtol": 1e-3}
-    else:
-        expected = dict(torch.load(reference_path, weights_only=True))
-        tolerance = {"atol": 1e-5, "rtol": 1e-3}
-    problems = []
-    for name, want in expected.items():
-        got = actual.get(name)
-        if got is None or got.shape != want.shape:
-            problems.append(f"{name}: expected shape {tuple(want.shape)}, got "
-                            f"{'nothing' if got is None else tuple(got.shape)}")
-        elif not torch.allclose(got, want.float(), **tolerance):
-            problems.append(f"{name}: max abs difference {(got - want).abs().max().item():.3g}")
-    if problems:
-        return CheckResult("failed", "; ".join(problems), seconds)
-    return CheckResult("passed", "", seconds)
+# The course's checkpoint: the only one the upstream sanity references were made with.
+UPSTREAM_CHECKPOINT = REPO_ROOT / "stories42M.pt"
+# The reference files under every name they ship with (the skeleton uses the upstream names):
+# deleted from the copy a check runs on.
+SHIPPED_REFERENCES = ["rotary_embedding_actual.data", "optimizer_test.npy", "optimizer_test_clip0.9.npy",
+                      "sanity_check.data", "sanity_check_rmsnorm.data", "sanity_check_layernorm.data"]
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -327,39 +125,7 @@ def score_all(code: Path, data_dir: Path, variant: str) -> dict:
     return scores
 
 
-# ----------------------------------------------------------------------------- perplexity
-
-class PerplexityModel:
-    """A reference language model that scores text: perplexity = exp(mean negative log-likelihood)."""
-
-    def __init__(self, checkpoint: Path, tokenizer_model: Path):
-        self.lock = threading.Lock()  # submissions are graded in threads; one model, one caller at a time
-        from llama import load_pretrained
-        from tokenizer import Tokenizer
-        self.model = load_pretrained(checkpoint)
-        self.tokenizer = Tokenizer(tokenizer_model=str(tokenizer_model))
-        self.name = checkpoint.name
-
-    def perplexity(self, text: str) -> float | None:
-        ids = self.tokenizer.encode(text, bos=True, eos=False)[: self.model.config.max_seq_len + 1]
-        if len(ids) < 3:
-            return None
-        tokens = torch.tensor(ids)[None]
-        with self.lock, torch.inference_mode():
-            logits, _ = self.model(tokens[:, :-1], targets=tokens[:, 1:])
-            loss = torch.nn.functional.cross_entropy(logits[0].float(), tokens[0, 1:])
-        return math.exp(loss.item())
-
-
-def default_perplexity_model() -> tuple[Path, Path] | None:
-    """stories42M.pt with tokenizer.model when the instructor has them, else the SmolLM2 GGUF."""
-    from utils import smollm2_gguf_path
-    stories = REPO_ROOT / "stories42M.pt"
-    if stories.is_file() and (REPO_ROOT / "tokenizer.model").is_file():
-        return stories, REPO_ROOT / "tokenizer.model"
-    gguf = smollm2_gguf_path()
-    return (gguf, gguf) if gguf else None
-
+# ----------------------------------------------------------------------------- generations
 
 def generation_scores(code: Path, scorer: PerplexityModel | None) -> dict:
     scores = {}
@@ -376,23 +142,6 @@ def generation_scores(code: Path, scorer: PerplexityModel | None) -> dict:
             entry["perplexity"] = scorer.perplexity(text)
         scores[name] = entry
     return scores
-
-
-def flag_generations(reports: list[dict], max_perplexity: float, factor: float = 4.0) -> None:
-    """Flag for a person: empty text, a perplexity above max_perplexity, or (with 5 or more
-    submissions) above `factor` times the batch median of the same file."""
-    for name in GENERATION_FILES:
-        values = [r["generations"][name]["perplexity"] for r in reports
-                  if r.get("generations", {}).get(name, {}).get("perplexity") is not None]
-        median = statistics.median(values) if len(values) >= 5 else None
-        for report in reports:
-            entry = report.get("generations", {}).get(name)
-            if not entry or entry.get("flag") or entry.get("perplexity") is None:
-                continue
-            if entry["perplexity"] > max_perplexity:
-                entry["flag"] = f"perplexity {entry['perplexity']:.1f} > {max_perplexity:g}"
-            elif median is not None and entry["perplexity"] > factor * median:
-                entry["flag"] = f"perplexity {entry['perplexity']:.1f} > {factor:g} x batch median {median:.1f}"
 
 
 # ----------------------------------------------------------------------------- the rubric
@@ -436,12 +185,32 @@ def _unique_name(submission: Path, taken: set[str]) -> str:
     return name
 
 
-def grade_submission(submission: Path, name: str, args, limits: Limits, scorer) -> dict:
-    report = {"submission": str(submission), "name": name, "variant": args.variant, "status": "graded"}
+def prepare_run_folder(code: Path, run_dir: Path) -> list[str]:
+    """The copy a check runs on: the submission without reference files or its own copies of the
+    checks, plus the instructor's harness; returns the support modules taken from the solution."""
+    for folder in ("harness", "tmp", "out"):
+        (run_dir / folder).mkdir(parents=True)
+    shutil.copytree(code, run_dir / "code", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in SHIPPED_REFERENCES:
+        remove(run_dir / "code" / name)
+    for path in HARNESS_FILES:
+        shutil.copy2(path, run_dir / "harness" / path.name)
+        remove(run_dir / "code" / path.name)  # the instructor's checks, not the submission's
+    taken = []
+    for module in SUPPORT_MODULES:
+        if not (run_dir / "code" / module).is_file():
+            shutil.copy2(REPO_ROOT / module, run_dir / "code" / module)
+            taken.append(module)
+    return taken
+
+
+def grade_submission(submission: Path, name: str, args, expected: dict[str, Expected], sandbox, scorer) -> dict:
+    report = {"submission": str(submission), "name": name, "variant": args.variant, "status": "graded",
+              "seed": args.seed}
     work = args.out / "work" / name
-    if work.exists():
-        shutil.rmtree(work)
+    remove(work)
     extracted = work / "extracted"
+    limits = ArchiveLimits(args.max_files, args.max_bytes)
     try:
         if submission.is_dir():
             safe_copy_folder(submission, extracted, limits)
@@ -454,91 +223,23 @@ def grade_submission(submission: Path, name: str, args, limits: Limits, scorer) 
         return report
     code = code_root(extracted)
     report["andrew_id"] = code.name if code != extracted else None
-
-    run_dir = work / "run"
-    (run_dir / "harness").mkdir(parents=True)
-    (run_dir / "home").mkdir()
-    shutil.copytree(code, run_dir / "code", ignore=shutil.ignore_patterns("__pycache__"))
-    for path in HARNESS_FILES:
-        shutil.copy2(path, run_dir / "harness" / path.name)
-        (run_dir / "code" / path.name).unlink(missing_ok=True)  # the instructor's checks, not the submission's
-    report["support_modules_from_solution"] = []
-    for module in SUPPORT_MODULES:
-        if not (run_dir / "code" / module).is_file():
-            shutil.copy2(REPO_ROOT / module, run_dir / "code" / module)
-            report["support_modules_from_solution"].append(module)
+    report["support_modules_from_solution"] = prepare_run_folder(code, work / "run")
 
     report["checks"] = {}
-    for check in ("rope", "optimizer", "sanity"):
-        result = run_check(check, run_dir, args.reference_dir, args.variant, args.checkpoint, limits)
+    for check in CHECKS:
+        if check not in expected:
+            report["checks"][check] = {"status": "skipped", "detail": "no checkpoint for the sanity check "
+                                       f"({UPSTREAM_CHECKPOINT.name} not found; give --checkpoint)"}
+            continue
+        result = run_check(check, expected[check], work / "run", sandbox, args.timeout, args.memory_mb)
         report["checks"][check] = {"status": result.status, "detail": result.detail,
-                                   "seconds": round(result.seconds, 2)}
+                                   "seconds": round(result.seconds, 2), "sandbox": sandbox.description,
+                                   "compared with": [answer.source for answer in expected[check].answers]}
+        if check == "sanity":
+            report["checks"][check]["checkpoint"] = str(args.checkpoint)
     report["predictions"] = score_all(code, args.data_dir, args.variant)
     report["generations"] = generation_scores(code, scorer)
     return report
-
-
-def write_reports(reports: list[dict], out: Path) -> None:
-    (out / "reports").mkdir(parents=True, exist_ok=True)
-    for report in reports:
-        stem = out / "reports" / report["name"]
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-        stem.with_suffix(".md").write_text(markdown_report(report))
-    columns = ["name", "andrew_id", "status", "grade", "rope", "optimizer", "sanity"]
-    accuracy_columns = sorted({name for r in reports for name in r.get("predictions", {})})
-    ppl_columns = [f"perplexity {name}" for name in GENERATION_FILES]
-    with open(out / "grades.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns + accuracy_columns + ppl_columns + ["needs review", "reasons"])
-        for r in reports:
-            checks = r.get("checks", {})
-            preds = r.get("predictions", {})
-            gens = r.get("generations", {})
-            writer.writerow(
-                [r["name"], r.get("andrew_id") or "", r["status"], r.get("grade", ""),
-                 *(checks.get(c, {}).get("status", "") for c in ("rope", "optimizer", "sanity")),
-                 *(_cell(preds.get(name, {})) for name in accuracy_columns),
-                 *(_cell(gens.get(name, {}), "perplexity") for name in GENERATION_FILES),
-                 "yes" if any(e.get("flag") for e in gens.values()) else "",
-                 " | ".join(r.get("reasons", []))])
-
-
-def _cell(entry: dict, key: str = "accuracy") -> str:
-    if "error" in entry:
-        return entry["error"][:60]
-    value = entry.get(key)
-    return "" if value is None else f"{value:.3f}" if key == "accuracy" else f"{value:.2f}"
-
-
-def markdown_report(report: dict) -> str:
-    lines = [f"# Grading report: {report['name']}", "",
-             f"- submission: `{report['submission']}`", f"- Andrew ID (top-level folder): {report.get('andrew_id')}",
-             f"- course variant: {report['variant']}", f"- status: **{report['status']}**",
-             f"- grade: **{report.get('grade', '')}**", ""]
-    if report.get("reasons"):
-        lines += ["## Why", ""] + [f"- {reason}" for reason in report["reasons"]] + [""]
-    if report.get("checks"):
-        lines += ["## Grader checks", "", "| check | status | detail | seconds |", "| --- | --- | --- | --- |"]
-        lines += [f"| {name} | {c['status']} | {c['detail'].replace('|', '/')} | {c['seconds']} |"
-                  for name, c in report["checks"].items()] + [""]
-    if report.get("support_modules_from_solution"):
-        lines += [f"Modules missing from the submission, taken from the solution: "
-                  f"{', '.join(report['support_modules_from_solution'])}", ""]
-    if report.get("predictions"):
-        lines += ["## Predictions", "", "| file | accuracy | note |", "| --- | --- | --- |"]
-        for name, score in report["predictions"].items():
-            accuracy = score.get("accuracy")
-            lines.append(f"| {name} | {'' if accuracy is None else f'{accuracy:.3f}'} | "
-                         f"{score.get('error', score.get('note', ''))} |")
-        lines.append("")
-    if report.get("generations"):
-        lines += ["## Generations (for a person to read)", ""]
-        for name, entry in report["generations"].items():
-            ppl = entry.get("perplexity")
-            lines += [f"### {name}", "", f"- perplexity under the reference model: "
-                      f"{'n/a' if ppl is None else f'{ppl:.2f}'}", f"- flag: {entry.get('flag', entry.get('error', 'none'))}",
-                      "", "```", entry.get("excerpt", ""), "```", ""]
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- main
@@ -551,18 +252,15 @@ def find_data_dir() -> Path | None:
     return next((c for c in candidates if (c / "sst-dev.txt").is_file()), None)
 
 
-def main(argv=None) -> int:
-    # The solution's modules (perplexity model, tokenizer) and make_skeleton: never a submission's.
-    sys.path[:0] = [str(REPO_ROOT), str(INSTRUCTOR_DIR)]
-    from make_skeleton import find_assets
-
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("submissions", nargs="+", type=Path, help="zip files or folders")
     parser.add_argument("--out", type=Path, required=True, help="folder for the work files, reports and grades.csv")
     parser.add_argument("--variant", choices=list(REFERENCE_ACCURACY), default="layernorm",
                         help="course variant: its checks, files and reference table (default: layernorm)")
-    parser.add_argument("--checkpoint", type=Path, default=REPO_ROOT / "stories42M.pt",
-                        help="the model of the sanity check (default: stories42M.pt in the repository root)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="the model of the sanity check (default: stories42M.pt in the repository root, the "
+                             "only one with an upstream reference; any other is compared with the solution on it)")
     parser.add_argument("--reference-dir", type=Path, default=None,
                         help="folder with the reference files under their explicit names (default: as make_skeleton)")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the gold data (default: data/)")
@@ -572,19 +270,80 @@ def main(argv=None) -> int:
                         help="tokenizer of --perplexity-model (default: tokenizer.model; a GGUF carries its own)")
     parser.add_argument("--max-perplexity", type=float, default=1000.0,
                         help="flag generations above this perplexity (default: 1000)")
-    parser.add_argument("--timeout", type=float, default=Limits.timeout_s, help="seconds per check")
-    parser.add_argument("--memory-mb", type=int, default=Limits.memory_mb, help="address-space limit per check")
-    parser.add_argument("--max-files", type=int, default=Limits.max_files)
-    parser.add_argument("--max-bytes", type=int, default=Limits.max_bytes)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per check (default: 900)")
+    parser.add_argument("--memory-mb", type=int, default=8192, help="address-space limit per check (default: 8192)")
+    parser.add_argument("--max-files", type=int, default=ArchiveLimits.max_files)
+    parser.add_argument("--max-bytes", type=int, default=ArchiveLimits.max_bytes)
     parser.add_argument("--jobs", type=int, default=1, help="submissions graded at the same time (default: 1)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the drawn inputs (default: a new one per run; the reports record it)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folders (default: deleted after grading)")
+    parser.add_argument("--unsafe-no-sandbox", action="store_true",
+                        help="grade without bubblewrap, with process limits only (see the warning it prints)")
+    return parser.parse_args(argv)
+
+
+def choose_sandbox(args):
+    """bubblewrap, or None (after saying why) when it is unavailable and the user did not opt out."""
+    if args.unsafe_no_sandbox:
+        print(f"grade: warning: --unsafe-no-sandbox: {UNSAFE_EXPLANATION}", file=sys.stderr)
+        return Unsandboxed()
+    try:
+        return find_bubblewrap()
+    except SandboxUnavailable as err:
+        print(f"grade: {err}, so submissions cannot be run in a sandbox; refusing to grade.\n"
+              f"  `--unsafe-no-sandbox` grades anyway, and that means: {UNSAFE_EXPLANATION}", file=sys.stderr)
+        return None
+
+
+def check_inputs(args) -> str | None:
+    """The first problem with the reference files or the checkpoint, before any work; warns when
+    the sanity check cannot run."""
+    from sanity_check import CHECKPOINT_HINT
+    if args.checkpoint is None and UPSTREAM_CHECKPOINT.is_file():
+        args.checkpoint = UPSTREAM_CHECKPOINT
+    elif args.checkpoint is None:
+        print(f"grade: warning: {UPSTREAM_CHECKPOINT} not found and no --checkpoint given: the sanity check "
+              f"is skipped, so no submission gets more than 'B or below'. {CHECKPOINT_HINT}; or give "
+              "--checkpoint PT (any Llama checkpoint: the sanity check then compares with the solution on it).",
+              file=sys.stderr)
+    elif not args.checkpoint.is_file():
+        return f"--checkpoint {args.checkpoint} not found"
+    elif args.checkpoint.name != UPSTREAM_CHECKPOINT.name:
+        print(f"grade: the sanity check runs on {args.checkpoint} and compares with the solution's outputs on it "
+              f"(the upstream reference is {UPSTREAM_CHECKPOINT.name}'s)", file=sys.stderr)
+    norm, max_grad_norm = VARIANT_CHECKS[args.variant]
+    upstream_sanity = args.checkpoint is not None and args.checkpoint.name == UPSTREAM_CHECKPOINT.name
+    args.references = {"rope": args.reference_dir / REFERENCE_FILES["rope"],
+                       "optimizer": args.reference_dir / REFERENCE_FILES["optimizer"][max_grad_norm],
+                       "sanity": args.reference_dir / REFERENCE_FILES["sanity"][norm] if upstream_sanity else None}
+    missing = [path.name for path in args.references.values() if path is not None and not path.is_file()]
+    return f"reference files not found in {args.reference_dir}: {', '.join(missing)}" if missing else None
+
+
+def main(argv=None) -> int:
+    # The solution's modules (perplexity model, tokenizer) and make_skeleton: never a submission's.
+    sys.path[:0] = [str(REPO_ROOT), str(INSTRUCTOR_DIR)]
+    from make_skeleton import find_assets
+
+    args = parse_args(argv)
     args.reference_dir = args.reference_dir or find_assets()
     args.data_dir = args.data_dir or find_data_dir()
     if args.reference_dir is None or args.data_dir is None:
         print("grade: reference files or gold data not found (--reference-dir, --data-dir)", file=sys.stderr)
         return 1
-    limits = Limits(args.max_files, args.max_bytes, args.timeout, args.memory_mb)
+    problem = check_inputs(args)
+    if problem:
+        print(f"grade: {problem}", file=sys.stderr)
+        return 1
+    sandbox = choose_sandbox(args)
+    if sandbox is None:
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    args.seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    print(f"grade: the checks also run on inputs drawn with seed {args.seed} (--seed {args.seed} repeats them)")
+    expected = prepare_expected(args.references, *VARIANT_CHECKS[args.variant], args.checkpoint, args.seed,
+                                args.out / "drawn-inputs")
 
     scorer_files = ((args.perplexity_model, args.tokenizer or (
         args.perplexity_model if args.perplexity_model.suffix == ".gguf" else REPO_ROOT / "tokenizer.model"))
@@ -599,15 +358,21 @@ def main(argv=None) -> int:
 
     def grade_one(submission: Path, name: str) -> dict:
         try:
-            report = grade_submission(submission, name, args, limits, scorer)
+            report = grade_submission(submission, name, args, expected, sandbox, scorer)
         except Exception as err:  # a grader bug on one submission must not stop the batch
             report = {"submission": str(submission), "name": name, "variant": args.variant,
                       "status": "grader error", "grade": "not graded", "reasons": [f"{type(err).__name__}: {err}"]}
+        finally:
+            if not args.keep:
+                remove(args.out / "work" / name)
         print(f"{name}: {report['status']}", flush=True)
         return report
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         reports = list(pool.map(grade_one, args.submissions, names))
+    if not args.keep:
+        remove(args.out / "drawn-inputs")
+        remove(args.out / "work")
 
     flag_generations(reports, args.max_perplexity)
     for report in reports:
@@ -617,7 +382,8 @@ def main(argv=None) -> int:
     write_reports(reports, args.out)
     for report in reports:
         print(f"{report['name']}: {report.get('grade')}  {'; '.join(report.get('reasons', []))[:200]}")
-    print(f"reports in {args.out / 'reports'}, batch in {args.out / 'grades.csv'}")
+    print(f"reports in {args.out / 'reports'}, batch in {args.out / 'grades.csv'}"
+          + ("" if args.keep else "; work folders deleted (--keep keeps them)"))
     return 0
 
 

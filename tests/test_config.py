@@ -65,8 +65,8 @@ def test_from_dict_accepts_llama2c_model_args():
 
 def test_from_dict_rejects_unknown_keys_by_name():
     """Reference: the API rule that nothing is ignored silently; the error names every unknown key."""
-    with pytest.raises(ValueError, match="n_expert.*rope_scaling|rope_scaling.*n_expert"):
-        LlamaConfig.from_dict(dict(dim=64, n_heads=4, rope_scaling=2.0, n_expert=8))
+    with pytest.raises(ValueError, match="n_expert.*rope_kind|rope_kind.*n_expert"):
+        LlamaConfig.from_dict(dict(dim=64, n_heads=4, rope_kind=2.0, n_expert=8))
 
 
 def test_to_dict_round_trips_through_weights_only_torch_load():

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from adapters import parse_targets
 from config import LlamaConfig
 from llama import Llama
 from lora import (ATTENTION_PROJECTIONS, LoRALayer, ParameterCount, apply_lora, count_lora_parameters,
@@ -190,6 +191,16 @@ def test_apply_lora_accepts_other_targets():
     assert wrapped == [f"layers.{i}.feed_forward.w2" for i in range(CONFIG["n_layers"])]
 
 
+def test_lora_targets_and_dropout_reach_every_wrapped_layer():
+    """--lora_targets attention,ffn --lora_dropout 0.2: all seven projections, each with its dropout."""
+    model = apply_lora(tiny_llama(), targets=parse_targets("attention,ffn"), dropout=0.2)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALayer)}
+    assert len(layers) == 7 * CONFIG["n_layers"] and "layers.1.feed_forward.w3" in layers
+    assert {m.dropout.p for m in layers.values()} == {0.2}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert len(trainable) == 2 * len(layers) and all("lora_" in name for name in trainable)
+
+
 def test_the_caller_decides_whether_a_head_trains():
     class Classifier(nn.Module):  # the shape of classifier.LlamaEmbeddingClassifier
         def __init__(self):
@@ -259,7 +270,7 @@ def test_lora_optimizer_keeps_state_only_for_adapters():
     lora_model = apply_lora(tiny_llama(), rank=RANK, alpha=ALPHA).train()
     lora_state = adam_state_numbers(lora_model, get_lora_optimizer_params(lora_model))
     count = count_lora_parameters(lora_model)
-    assert full_state == 2 * (count.total - count.lora) and lora_state == 2 * count.lora
+    assert full_state == 2 * (count.total - count.adapter) and lora_state == 2 * count.adapter
     print(f"\n{count}\nAdamW state: full fine-tuning {full_state:,} numbers, LoRA {lora_state:,} "
           f"({100 * lora_state / full_state:.2f}%)")
 
@@ -320,7 +331,7 @@ def test_merge_needs_adapters_and_allows_a_new_round():
         merge_lora_weights(tiny_llama())
     model = merge_lora_weights(apply_lora(tiny_llama()))
     apply_lora(model)  # after merging, a second adapter can be trained on top
-    assert count_lora_parameters(model).lora > 0
+    assert count_lora_parameters(model).adapter > 0
 
 
 # ---------------------------------------------------------------------------------------------

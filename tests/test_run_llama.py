@@ -159,9 +159,12 @@ def test_lora_trains_and_saves_only_adapters_and_head(tmp_path, data, tiny_model
     assert checkpoint["lora"] == {"rank": 4, "alpha": 4.0}
     merged = torch.load(tmp_path / "lora-1-0.001.merged.pt", weights_only=True)
     assert not any("lora_" in name for name in merged["model"])
+    assert merged["tokenizer"]["kind"] == "sentencepiece"  # found again without --tokenizer
 
     from llama import load_pretrained
+    from tokenizer import tokenizer_for_checkpoint
     load_pretrained(tmp_path / "lora-1-0.001.merged.pt")  # a plain checkpoint again
+    assert tokenizer_for_checkpoint(tmp_path / "lora-1-0.001.merged.pt").n_words == 32000
 
 
 def test_generate_writes_both_temperatures(tmp_path, tiny_model, tokenizer_model_path):
@@ -305,3 +308,93 @@ def test_placeholder_labels_are_decided_on_the_whole_file(tmp_path):
     assert not data_module.has_placeholder_labels(path)  # though its first two lines agree
     assert data_module.dataset_name("data/sst-dev.txt") == "sst"
     assert data_module.dataset_name("/x/cfimdb-train.txt") == "cfimdb"
+
+
+# ----------------------------------------------------------------------------------------------
+# A pipeline that survives its users
+
+
+def test_ctrl_c_during_training_stops_cleanly_and_keeps_the_best_checkpoint(tmp_path, capsys, monkeypatch, data,
+                                                                           tiny_model, tokenizer_model_path):
+    import os
+    import signal
+
+    calls, objective = [], objectives.ClassificationLoss.__call__
+
+    def interrupted(self, model, batch):
+        calls.append(1)
+        if len(calls) == 7:  # epoch 1, its second step
+            os.kill(os.getpid(), signal.SIGINT)
+        return objective(self, model, batch)
+
+    monkeypatch.setattr(objectives.ClassificationLoss, "__call__", interrupted)
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "finetune", "--epochs", "3",
+                    "--out_dir", str(tmp_path))
+    assert run_llama.main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 7: the best checkpoint so far" in err and "epoch 0) is kept" in err
+    assert "Traceback" not in err
+    assert torch.load(tmp_path / "finetune-3-2e-05.pt", weights_only=True)["epoch"] == 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_an_unwritable_output_folder_is_found_before_any_work(tmp_path, capsys, data, tiny_model, tokenizer_model_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "finetune", "--out_dir", str(blocker / "out"))
+    expect_error(capsys, args, f"cannot write to the output folder {blocker / 'out'}")
+    assert "loading" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--lr", "-1", "--lr must be greater than 0, got -1.0"),
+    ("--hidden_dropout_prob", "1.5", "--hidden_dropout_prob must be in [0, 1), got 1.5"),
+    ("--batch_size", "0", "--batch_size must be positive, got 0"),
+    ("--tokenizer", "char", "--tokenizer char builds a vocabulary from the corpus"),
+])
+def test_bad_flags_are_rejected_before_loading_anything(capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_llama.main(["--option", "finetune", flag, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_dev_alone_takes_train_and_test_from_its_own_data_set(tmp_path, data, tiny_model, tokenizer_model_path):
+    """--dev sst-dev.txt without --test: the test split is sst-test.txt beside it, never CFIMDB's."""
+    result = run_cli(["--option", "prompt", "--dev", data / "sst-dev.txt", "--pretrained-model-path", tiny_model,
+                      "--tokenizer", tokenizer_model_path], tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_predictions(tmp_path / "sst-test-prompting-output.txt", data / "sst-test.txt", 5)
+    summary = json.loads((tmp_path / "sst-prompting-output.json").read_text())
+    assert summary["test"]["data"] == str(data / "sst-test.txt") and "checkpoint_out" not in summary
+
+
+def test_default_inputs_are_found_from_another_folder(tmp_path, tiny_model, tokenizer_model_path, asset):
+    asset("data/cfimdb-dev.txt")  # the repository's own data, laid out by setup.sh
+    result = run_cli(["--option", "prompt", "--limit", 3, "--max_sentence_len", 16, "--pretrained-model-path",
+                      tiny_model, "--tokenizer", tokenizer_model_path], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cfimdb-dev-prompting-output.txt").is_file()
+    assert "dev acc :: " in result.stdout  # 3 real labels of the whole file, not placeholders
+
+
+def test_checkpoint_in_predicts_again_without_training(tmp_path, data, tiny_model, tokenizer_model_path):
+    first = run_cli(["--option", "finetune", "--epochs", 1, "--lr", 1e-3, "--skip_test", "--out_dir", "a",
+                     *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_cli(["--option", "finetune", "--checkpoint_in", tmp_path / "a" / "finetune-1-0.001.pt", "--skip_test",
+                     "--out_dir", "b", *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "train loss ::" not in again.stdout and "loaded " in again.stdout  # nothing trained
+    assert ((tmp_path / "a" / "sst-dev-finetuning-output.txt").read_text()
+            == (tmp_path / "b" / "sst-dev-finetuning-output.txt").read_text())
+    wrong = run_cli(["--option", "lora", "--checkpoint_in", tmp_path / "a" / "finetune-1-0.001.pt",
+                     *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
+    assert wrong.returncode == 1 and "was trained with --option finetune, not lora" in wrong.stderr
+
+
+def test_a_diverging_learning_rate_is_reported(tmp_path, capsys, data, tiny_model, tokenizer_model_path):
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "finetune", "--epochs", "6", "--lr", "1000",
+                    "--out_dir", str(tmp_path), "--skip_test")
+    assert run_llama.main(args) == 1
+    err = capsys.readouterr().err
+    assert ("the training loss diverged" in err or "the training loss became nan" in err) and "try a lower --lr" in err

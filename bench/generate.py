@@ -6,7 +6,7 @@
 Greedy decoding with a key/value cache, batch 1 and a batch of prompts of different
 lengths (left-padded, with an attention mask). Both implementations run in this process,
 alternating, and must produce the same tokens. Our model also runs with smaller weights
-(quantize.py): int8 linear layers (CPU only) and bfloat16 weights, batch 1; bench/quantize.py
+(quantize.py): int8 linear layers (CPU only) and bfloat16 weights, batch 1; bench/quantization.py
 measures what they cost in quality on a trained model.
 """
 

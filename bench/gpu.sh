@@ -31,9 +31,9 @@ export MINLLAMA_CACHE="$SCRATCH/cache" PYTHONUNBUFFERED=1
 if [ $DRY = 1 ]; then
     DEV=(--device cpu); TEST_DEVICE=cpu
     GEN=(--new-tokens 8 --repeats 1 --batch 2 --prompt-len 8)
-    FT=(--train-examples 16 --dev-examples 8 --repeats 1 --batch-size 4)
+    FT=(--train-examples 16 --dev-examples 8 --repeats 1 --batch-size 4 --skip-step --no-transformers)
     LORA=(--batch-size 4 --seq-len 16)
-    PRETRAIN=(--preset stories260K --max_seq_len 64 --batch_size 4 --max_steps 5 --train_tokenizer 256 --device cpu)
+    PRETRAIN=(--preset stories260K --max_seq_len 64 --batch_size 4 --max_steps 5 --train_tokenizer 512 --device cpu)
     LIMITS=(300 300 300 300 300)
 else
     DEV=(--device cuda --bf16); TEST_DEVICE=cuda

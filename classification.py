@@ -56,6 +56,8 @@ class ClassifierChoice:
     norm_type: str | None
     lora_rank: int
     lora_alpha: float
+    dtype: str = "float32"  # prompt: the weights' type, or int8 linear layers (quantize.py)
+    quantize: str | None = None
 
 
 def build_classifier(choice: ClassifierChoice, tokenizer, label_names: list[str]):
@@ -67,7 +69,10 @@ def build_classifier(choice: ClassifierChoice, tokenizer, label_names: list[str]
                              option="pretrain", hidden_dropout_prob=choice.hidden_dropout_prob,
                              norm_type=choice.norm_type)
     if choice.option == "prompt":
+        from quantize import prepare_for_inference
+
         model = LlamaZeroShotClassifier(config, tokenizer, label_names)
+        prepare_for_inference(model.llama, choice.dtype, choice.quantize)
         suffix, room = model.question_ids, model.llama.config.max_seq_len - model.max_label_len
     else:
         model = LlamaEmbeddingClassifier(config)

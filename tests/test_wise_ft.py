@@ -1,7 +1,6 @@
 """Tests for wise_ft.py: the interpolation, and the label-word head that makes a = 0 the
 zero-shot classifier exactly (tiny random Llama with Llama 2's vocabulary and tokenizer)."""
 
-import copy
 from types import SimpleNamespace
 
 import pytest

@@ -72,7 +72,7 @@ def main():
     seconds = common.compare(candidates, device, args.repeats, warmup=0)
     rows = [[name, f"{value:.1f}", f"{len(encoded) / value:.1f}"] for name, value in seconds.items()]
     names = list(candidates)
-    footer = ["ours vs one pass per label: " + common.verdict(seconds[names[1]] / seconds[names[0]], 2),
+    footer = ["ours vs one pass per label: " + common.verdict(seconds[names[1]] / seconds[names[0]], 5),
               f"same predictions: {(ours.argmax(-1) == theirs.argmax(-1)).float().mean():.1%}, "
               f"largest score difference {(ours - theirs).abs().max():.1e}",
               f"labels {label_names}: {[len(ids) for ids in classifier.label_ids]} tokens each",

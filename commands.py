@@ -6,13 +6,14 @@ settings objects, never the argparse namespace.
 """
 
 import os
+import tempfile
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 from data import (InputError, check_labels, check_mapping_size, dataset_name, has_placeholder_labels, read_examples,
                   read_label_names)
-from utils import REPO_ROOT, smollm2_gguf_path, write_atomically
+from utils import REPO_ROOT, cache_dir, smollm2_gguf_path, write_atomically
 
 DEFAULT_CHECKPOINT = "stories42M.pt"
 STORIES42M_HINT = ("to use stories42M instead, run `bash setup.sh` or download "
@@ -261,15 +262,18 @@ def run_pretrain_option(args, device, dist, out_dir: Path) -> dict:
         LlamaConfig(**fields)
     except ValueError as error:
         raise RunError(f"the model flags do not make a Llama: {error}") from None
-    cache = Path(args.cache_dir or os.environ.get("MINLLAMA_CACHE") or Path.home() / ".cache" / "minllama") / "tokens"
-    data = PretrainData(corpus=Path(args.corpus) if args.corpus else None,
-                        sentences=None if args.corpus else Path(args.train),
-                        val_corpus=Path(args.val_corpus) if args.val_corpus else None, window=window,
-                        batch_size=args.batch_size, eval_batches=args.eval_batches, cache_dir=cache, seed=args.seed)
     base = Path(args.pretrained_model_path) if args.pretrained_model_path else None
     if base is not None and not base.exists():
         raise RunError(f"checkpoint not found: {base}")
     choice = ModelChoice(base, fields, args.tokenizer, args.train_tokenizer)
     settings = replace(loop_settings(args, "pretrain"), eval_every=args.eval_every or max(1, args.max_steps // 10))
-    summary = run_pretraining(data, choice, settings, out_dir, args.resume, device, dist)
+    # The encoded corpus is kept in the cache folder (MINLLAMA_CACHE=off: in a folder of this run only).
+    cache = Path(args.cache_dir) if args.cache_dir else cache_dir()
+    with nullcontext(cache) if cache is not None else tempfile.TemporaryDirectory() as folder:
+        data = PretrainData(corpus=Path(args.corpus) if args.corpus else None,
+                            sentences=None if args.corpus else Path(args.train),
+                            val_corpus=Path(args.val_corpus) if args.val_corpus else None, window=window,
+                            batch_size=args.batch_size, eval_batches=args.eval_batches,
+                            cache_dir=Path(folder) / "tokens", seed=args.seed)
+        summary = run_pretraining(data, choice, settings, out_dir, args.resume, device, dist)
     return {**summary, "summary_out": None}  # pretraining wrote its own summary.json

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils import cache_dir
+
 FORMAT_VERSION = 2  # bump when the stored layout changes: old entries are then ignored
 
 
@@ -52,13 +54,6 @@ class _Tensor:
 class DecodedGGUF:
     fields: dict
     tensors: list
-
-
-def cache_dir() -> Path | None:
-    setting = os.environ.get("MINLLAMA_CACHE", "")
-    if setting.lower() == "off":
-        return None
-    return Path(setting) if setting else Path.home() / ".cache" / "minllama"
 
 
 def cache_file(path: Path) -> Path | None:

@@ -122,7 +122,7 @@ def get_args(argv=None) -> argparse.Namespace:
         lm.add_argument(f"--{flag}", type=int, default=None)
     lm.add_argument("--eval_batches", type=int, default=20, help="validation batches per evaluation")
     lm.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its last.pt")
-    lm.add_argument("--cache_dir", default=None, help="token cache (default: $MINLLAMA_CACHE or ~/.cache/minllama)")
+    lm.add_argument("--cache_dir", default=None, help="token cache (default: $MINLLAMA_CACHE, else ~/.cache/minllama; MINLLAMA_CACHE=off: none)")
     args = parser.parse_args(argv)
     try:
         validate(args)

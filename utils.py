@@ -38,6 +38,15 @@ def smollm2_gguf_path() -> Path | None:
     return None
 
 
+def cache_dir() -> Path | None:
+    """Where decoded GGUF files and encoded corpora are kept between runs: $MINLLAMA_CACHE, by
+    default ~/.cache/minllama (outside the repository); None when MINLLAMA_CACHE=off."""
+    setting = os.environ.get("MINLLAMA_CACHE", "")
+    if setting.lower() == "off":
+        return None
+    return Path(setting) if setting else Path.home() / ".cache" / "minllama"
+
+
 def seed_everything(seed: int) -> None:
     """Seed every random generator a run touches, so the same seed gives the same run."""
     random.seed(seed)

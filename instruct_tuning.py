@@ -32,14 +32,14 @@ import torch
 from tqdm import tqdm
 
 from chat import ChatTemplate, stop_condition
-from classification import (Split, check_vocabulary, count_parameters, load_checkpoint, predict, report_split,
-                            trained_state, write_predictions)
+from classification import (ClassificationHooks, Split, check_vocabulary, count_parameters, load_checkpoint, predict,
+                            report_split, trained_state, write_predictions)
 from data import InputError, length_sorted_batches
 from instruct_data import classification_conversations, classification_instruction, encode_conversation, parse_label
 from llama import load_pretrained
 from objectives import IGNORE, LanguageModelLoss
 from prompting import Prompt, PromptClassifier
-from training import Distributed, LoopSettings, RunHooks, TrainingDiverged, autocast, train
+from training import Distributed, LoopSettings, TrainingDiverged, autocast, train
 from utils import atomic_path
 
 ANSWER_TOKENS = 16  # generate-and-parse: a label word comes first in a short answer
@@ -99,13 +99,13 @@ def cut_sentence(tokenizer, sentence: str, max_tokens: int | None) -> str:
     return sentence if max_tokens is None or len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
 
 
-def fit_sentence(tokenizer, sentence: str, max_tokens: int | None, encode, room: int, where: str):
-    """encode(text) for the sentence, cut (to max_tokens, then further) until the result has at
+def fit_sentence(tokenizer, sentence: str, max_tokens: int | None, encode, room: int, where: str, length=len):
+    """encode(text) for the sentence, cut (to max_tokens, then further) until its length(...) is at
     most `room` tokens; returns (encoded, whether it was cut to fit)."""
     text = first = cut_sentence(tokenizer, sentence, max_tokens)
     for _ in range(4):  # cutting k tokens shortens the whole by about k; a merge at the edge may need one more try
         encoded = encode(text)
-        excess = len(encoded[0] if isinstance(encoded, tuple) else encoded) - room
+        excess = length(encoded) - room
         if excess <= 0:
             return encoded, text != first
         n = len(tokenizer.encode(text, bos=False, eos=False))
@@ -133,7 +133,7 @@ def training_examples(run: InstructionTuning, template: ChatTemplate, tokenizer,
                                            classification_conversations([replace(example, sentence=text)],
                                                                         run.label_names)[0])
             pair, cut = fit_sentence(tokenizer, example.sentence, run.max_sentence_len, encode, context + 1,
-                                     str(run.train.path))
+                                     str(run.train.path), length=lambda pair: len(pair[0]))
             kept.append(pair)
             n_cut += cut
         if n_cut:
@@ -265,26 +265,27 @@ def save_checkpoint(path: Path, llama, info: dict) -> None:
         torch.save({"model": trained_state(llama), "model_config": llama.config.to_dict(), **info}, temporary)
 
 
-class InstructionHooks(RunHooks):
+class InstructionHooks(ClassificationHooks):
     """After every epoch (or --eval_every steps): the dev accuracy of the label-word scoring picks
-    the checkpoint to keep (without dev labels, the latest); prints the epoch's line."""
+    the checkpoint to keep (without dev labels, the latest); prints the epoch's line. The
+    bookkeeping of the kept checkpoint (kept, on_interrupt, log_step) is classification's."""
 
     def __init__(self, llama, scorer, dev: Split | None, dev_prompts, batch_size: int, pad_id: int, device,
                  steps_per_epoch: int, checkpoint_path: Path, info: dict, dist: Distributed):
+        # Not ClassificationHooks.__init__: the model here is the Llama, and dev may be absent.
         self.llama, self.scorer, self.dev, self.dev_prompts = llama, scorer, dev, dev_prompts
         self.batch_size, self.pad_id, self.device, self.dist = batch_size, pad_id, device, dist
         self.steps_per_epoch, self.checkpoint_path, self.info = steps_per_epoch, checkpoint_path, info
         self.scored = dev is not None and not dev.placeholder_labels
         self.metric = "accuracy" if self.scored else "step"
         self.history, self.losses, self.best_epoch, self.started = [], [], None, time.time()
-
-    def log_step(self, state, loss, lr, tokens_per_second):
-        self.losses.append(loss)
+        self.latest_log_probs = self.best_log_probs = None  # dev's label scores, to predict dev without a rerun
 
     def evaluate(self, model, step):
         if not self.scored:
             return {"step": step}
-        log_probs = predict(self.scorer, self.dev_prompts, self.batch_size, self.pad_id, self.device, "dev")
+        log_probs = self.latest_log_probs = predict(self.scorer, self.dev_prompts, self.batch_size, self.pad_id,
+                                                    self.device, "dev")
         gold = torch.tensor([e.label for e in self.dev.examples])
         return {"accuracy": (log_probs.argmax(-1) == gold).float().mean().item(), "step": step}
 
@@ -295,7 +296,7 @@ class InstructionHooks(RunHooks):
         self.history.append(record)
         self.losses, self.started = [], time.time()
         if improved:
-            self.best_epoch = epoch
+            self.best_epoch, self.best_log_probs = epoch, self.latest_log_probs
             if self.dist.is_main:
                 save_checkpoint(self.checkpoint_path, self.llama, {**self.info, "epoch": epoch, "step": state.step,
                                                                    "dev_acc": record["dev_acc"]})
@@ -303,14 +304,6 @@ class InstructionHooks(RunHooks):
             dev = f", dev acc :: {record['dev_acc']:.3f} (label words)" if self.scored else ""
             print(f"epoch {epoch}, step {state.step}: train loss :: {record['train_loss']:.3f}{dev}, "
                   f"time :: {record['seconds']:.1f}s")
-
-    def kept(self) -> str:
-        if self.best_epoch is None:
-            return "no checkpoint was written"
-        return f"the best checkpoint so far ({self.checkpoint_path}, epoch {self.best_epoch}) is kept"
-
-    def on_interrupt(self, state, optimizer):
-        return f"interrupted at step {state.step}: {self.kept()}"
 
 
 def run_instruction_tuning(run: InstructionTuning, tokenizer, device, dist: Distributed) -> dict:
@@ -358,7 +351,9 @@ def run_instruction_tuning(run: InstructionTuning, tokenizer, device, dist: Dist
         return summary
     print(f"reloaded the {'best-dev' if hooks.scored else 'last'} checkpoint {run.checkpoint_out} (epoch {best_epoch})")
     for name, split in run.splits.items():
-        log_probs = predict(scorer, prompts[name], run.batch_size, tokenizer.pad_id, device, name)
+        log_probs = hooks.best_log_probs if name == "dev" else None  # scored when its checkpoint was kept
+        if log_probs is None:
+            log_probs = predict(scorer, prompts[name], run.batch_size, tokenizer.pad_id, device, name)
         write_predictions(split.predictions_out, split.examples, log_probs.argmax(-1).tolist())
         print(f"wrote {split.predictions_out}")
         summary[name] = {"data": split.path, "predictions": split.predictions_out,

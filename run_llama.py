@@ -33,7 +33,7 @@ from utils import MissingAssetError, write_atomically
 # --------------------------------------------------------------------------------------------
 # The flags
 
-PEFT_OPTIONS = ("instruct_tune", "prompt_finetune")  # the options whose model --peft adapts
+PEFT_OPTIONS = ("instruct_tune",)  # the options whose model --peft adapts (issue 11 adds prompt_finetune)
 
 
 def get_args(argv=None) -> argparse.Namespace:

@@ -21,6 +21,8 @@ class LlamaPreTrainedModel(nn.Module):
         and N(0, 0.02/sqrt(2*n_layers)) for the two projections per layer that add into the
         residual stream, so its variance does not grow with depth. (llama2.c scales `w3`
         instead of `w2`, a slip: `w3` feeds the gate, not the residual.)"""
+        if self.device.type == "meta":  # built only to be loaded (load_pretrained): nothing to draw
+            return
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
         for name, param in self.named_parameters():

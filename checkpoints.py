@@ -21,9 +21,7 @@ them into a built model, and names every tensor that is missing, unexpected or m
 upstream loaded with strict=False, which silently left renamed modules random.
 """
 
-import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
@@ -240,14 +238,16 @@ GGUF_MODEL_NAMES = {"token_embd": "tok_embeddings", "output_norm": "norm", "outp
 
 @lru_cache(maxsize=1)
 def _gguf_reader(path: str, mtime_ns: int):
-    """GGUFReader parses all metadata up front (seconds for a 49k-token vocabulary); a run reads
-    the same file twice (weights, then tokenizer), so keep the last one (keyed on path and mtime)."""
-    import gguf
-    return gguf.GGUFReader(path)
+    """GGUFReader parses all metadata up front (seconds for a 49k-token vocabulary) and the
+    tensors need dequantising: gguf_cache keeps the decoded file on disk for the next run, and a
+    run reads it twice (weights, then tokenizer), so keep the last one (keyed on path and mtime)."""
+    from gguf_cache import cached_reader
+    return cached_reader(path)
 
 
 def open_gguf(path):
-    """A gguf.GGUFReader for `path` (cached), or CheckpointError if the file does not parse."""
+    """The fields and tensors of the GGUF file `path`, as a gguf.GGUFReader has them (with the
+    tensors already float32; cached, see gguf_cache.py), or CheckpointError if it does not parse."""
     path = Path(path)
     try:
         return _gguf_reader(str(path.resolve()), path.stat().st_mtime_ns)
@@ -273,8 +273,6 @@ def _read_gguf(path: Path):
     converter already permutes Q and K to the interleaved-pair RoPE layout we use, so they
     load as they are. No `output.weight` tensor means the classifier is tied to the embedding.
     """
-    import gguf
-
     reader = open_gguf(path)
     arch = gguf_metadata(reader, "general.architecture")
     if arch != "llama":
@@ -302,20 +300,8 @@ def _read_gguf(path: Path):
         raise CheckpointError(f"{path}: RoPE on {rotary_dims} of {model_args['dim'] // n_heads} head dims "
                               "(partial rotary embeddings) is not supported")
 
-    def dequantize(tensor):
-        weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        if np.may_share_memory(weights, tensor.data):  # float32 tensors come back as views of the file
-            weights = weights.copy()
-        shape = tuple(reversed(tensor.shape.tolist()))  # ggml's ne order -> PyTorch's
-        return torch.from_numpy(weights.reshape(shape))
-
-    names = [_gguf_name(path, tensor.name) for tensor in reader.tensors]
-    # Dequantising is numpy work that releases the GIL: threads give a near-linear speed-up.
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        try:
-            state_dict = dict(zip(names, pool.map(dequantize, reader.tensors)))
-        except (ValueError, NotImplementedError) as error:
-            raise CheckpointError(f"{path}: cannot dequantise its tensors: {error}") from None
+    # open_gguf has dequantised the tensors to float32 in PyTorch's order (gguf_cache.py): only names change.
+    state_dict = {_gguf_name(path, tensor.name): torch.from_numpy(tensor.data) for tensor in reader.tensors}
     return model_args, state_dict
 
 
@@ -340,6 +326,7 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
     """Copy `state_dict` into `model` (a built Llama), or raise CheckpointError naming `source`
     and every missing, unexpected and mis-shaped tensor, without changing the model.
 
+    A model built on the meta device is given the tensors themselves (no copy).
     Two absences are fine: `output.weight` when the model ties it to the embedding (if given,
     it must equal `tok_embeddings.weight`), and LayerNorm biases, which stay zero: checkpoints
     trained with RMSNorm have none, and a zero bias makes LayerNorm what it was without one.
@@ -372,6 +359,14 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
             f"n_kv_heads={c.n_kv_heads}, hidden_dim={c.ffn_hidden_dim}, vocab_size={c.vocab_size}): "
             + "; ".join(problems))
 
+    if any(param.is_meta for param in model.parameters()):
+        # Built on the meta device (no memory, no random initialisation): hand the model the tensors.
+        complete = {name: given[name] if name in given else torch.zeros(target.shape)  # zeros: LayerNorm biases
+                    for name, target in targets.items()}
+        model.load_state_dict(complete, strict=False, assign=True)
+        if tied:  # assigning replaced the shared Parameter in tok_embeddings only
+            model.output.weight = model.tok_embeddings.weight
+        return
     with torch.no_grad():
         for name, target in targets.items():
             if name in given:

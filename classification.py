@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 from tqdm import tqdm
 
 from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier
@@ -138,6 +137,8 @@ def score(examples: list[Example], log_probs: torch.Tensor, num_labels: int) -> 
     """Accuracy, macro-F1 (the mean of the per-label F1 scores: every label counts the same,
     however rare, which accuracy hides on SST's unbalanced labels), and the mean negative
     log-likelihood of the gold labels with its perplexity."""
+    from sklearn.metrics import f1_score  # imported here: scikit-learn takes seconds to import
+
     gold = torch.tensor([example.label for example in examples])
     predictions = log_probs.argmax(-1)
     loss = F.nll_loss(log_probs, gold).item()

@@ -310,7 +310,9 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, epsilon: f
 class Llama(LlamaPreTrainedModel):
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        # An empty table (`_weight`): init_weights draws it, so nn.Embedding need not draw it first.
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim,
+                                           _weight=torch.empty(config.vocab_size, config.dim))
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(LlamaLayer(i, config) for i in range(config.n_layers))
         self.norm = make_norm(config)
@@ -437,6 +439,7 @@ def load_pretrained(checkpoint, **config_overrides) -> Llama:
 
     model_args, state_dict = read_checkpoint(checkpoint)
     config = LlamaConfig.from_dict({**model_args, **config_overrides})
-    model = Llama(config)
+    with torch.device("meta"):  # no memory and no random initialisation: every weight comes from the file
+        model = Llama(config)
     load_state_dict_strict(model, state_dict, checkpoint)
     return model.eval()

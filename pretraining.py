@@ -12,8 +12,10 @@ tokenizer, metrics.jsonl, loss.png and summary.json.
 """
 
 import math
-import resource
+import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,11 +63,11 @@ def choose_tokenizer(choice: ModelChoice, documents: list[str], data: PretrainDa
     """The tokenizer of the run, saved into out_dir (rank 0 trains or writes; the others read)."""
     if choice.train_tokenizer is not None:
         if dist.is_main:
-            corpus = data.corpus if data.corpus is not None else _sentences_file(documents, out_dir)
-            try:
-                train_sentencepiece(corpus, choice.train_tokenizer, out_dir)
-            except ValueError as error:
-                raise InputError(str(error)) from None
+            with sentences_file(documents, data.corpus, out_dir) as corpus:
+                try:
+                    train_sentencepiece(corpus, choice.train_tokenizer, out_dir)
+                except ValueError as error:
+                    raise InputError(str(error)) from None
         dist.barrier()
         return Tokenizer(tokenizer_model=out_dir / "tokenizer.model")
     if choice.tokenizer == "char":
@@ -81,12 +83,19 @@ def choose_tokenizer(choice: ModelChoice, documents: list[str], data: PretrainDa
     return tokenizer
 
 
-def _sentences_file(documents: list[str], out_dir: Path) -> Path:
-    """The training sentences, one a line, for SentencePiece's trainer (which reads files)."""
-    path = out_dir / "tokenizer-corpus.txt"
-    with atomic_path(path) as temporary:
-        temporary.write_text("\n".join(documents) + "\n", encoding="utf-8")
-    return path
+@contextmanager
+def sentences_file(documents: list[str], corpus: Path | None, out_dir: Path):
+    """A text file for SentencePiece's trainer, which reads files: the corpus itself, or the
+    training sentences one a line in a temporary file that is removed afterwards."""
+    if corpus is not None:
+        yield corpus
+        return
+    path = out_dir / f".tokenizer-sentences-{os.getpid()}.txt"
+    try:
+        path.write_text("\n".join(documents) + "\n", encoding="utf-8")
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def build_model(choice: ModelChoice, tokenizer: Tokenizer, window: int) -> Llama:
@@ -113,10 +122,10 @@ def read_resume(out_dir: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def check_resumable(checkpoint: dict, path: Path, model: Llama, requested: Tokenizer | None) -> None:
-    """The run being resumed must be the same architecture, and the same tokenizer if one is asked for."""
+def check_resumable(checkpoint: dict, path: Path, model: Llama, requested: Tokenizer) -> None:
+    """The run being resumed must have the same tokenizer and the same architecture."""
     saved_tokenizer = Tokenizer.from_record(checkpoint["tokenizer"])
-    if requested is not None and tokenizer_fingerprint(saved_tokenizer) != tokenizer_fingerprint(requested):
+    if tokenizer_fingerprint(saved_tokenizer) != tokenizer_fingerprint(requested):
         raise InputError(f"--resume: {path} was trained with another tokenizer ({saved_tokenizer.kind}, "
                          f"{saved_tokenizer.n_words} tokens) than this command's ({requested.kind}, {requested.n_words})")
     saved, wanted = checkpoint["model_args"], model.config.to_dict()
@@ -194,9 +203,9 @@ def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSetti
     checkpoint = read_resume(out_dir) if resume else None
     documents, name = corpus_documents(data.corpus, data.sentences)
     if checkpoint is not None and choice.train_tokenizer is not None:
-        tokenizer = requested = Tokenizer.from_record(checkpoint["tokenizer"])  # trained by the first run
+        tokenizer = Tokenizer.from_record(checkpoint["tokenizer"])  # trained by the first run
     else:
-        tokenizer = requested = choose_tokenizer(choice, documents, data, out_dir, dist)
+        tokenizer = choose_tokenizer(choice, documents, data, out_dir, dist)
     # Every process encodes (or finds in the cache) the same ids; concurrent writers are harmless
     # because each writes its own temporary file and renames it.
     ids, n_unknown = encode_documents(documents, tokenizer, data.cache_dir, name)
@@ -210,7 +219,7 @@ def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSetti
         print(f"warning: {n_unknown} characters of {name} are not in the character vocabulary (mapped to <unk>)")
     model = build_model(choice, tokenizer, data.window).to(device)
     if checkpoint is not None:
-        check_resumable(checkpoint, out_dir / "last.pt", model, requested)
+        check_resumable(checkpoint, out_dir / "last.pt", model, tokenizer)
         model.load_state_dict(checkpoint["model"])
         torch.set_rng_state(checkpoint["rng_state"])
 
@@ -232,13 +241,15 @@ def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSetti
     log = MetricsLog(out_dir, checkpoint["step"] if checkpoint else None) if dist.is_main else None
     hooks = PretrainHooks(model, tokenizer, val_batches, chars_per_token, out_dir, log, device, dist,
                           sample_prompt=val_ids[:8].astype(int).tolist(), summary=summary)
-    state = LoopState(**checkpoint["loop_state"]) if checkpoint else None
+    state = LoopState(**checkpoint["loop_state"]) if checkpoint else LoopState()
+    tokens_before, training_started = state.tokens_seen, time.time()
     state = train(model, LanguageModelLoss(), batch_at, settings, hooks, device, dist, state,
                   checkpoint["optimizer"] if checkpoint else None)
-    seconds = time.time() - start
+    training_seconds = time.time() - training_started  # evaluations included
     summary.update(best_val_loss=state.best, best_step=state.best_step, steps=state.step,
-                   tokens_seen=state.tokens_seen, wall_seconds=seconds,
-                   tokens_per_second=state.tokens_seen / seconds, peak_memory_mb=peak_memory_mb(device))
+                   tokens_seen=state.tokens_seen, wall_seconds=time.time() - start,
+                   tokens_per_second=(state.tokens_seen - tokens_before) / training_seconds,
+                   peak_memory_mb=peak_memory_mb(device))
     if dist.is_main:
         write_summary(out_dir / "summary.json", summary)
     return summary
@@ -250,8 +261,14 @@ def check_batch_split(batch_size: int, grad_accum: int, dist: Distributed) -> No
                          f"{dist.world_size} processes: choose a multiple of {grad_accum * dist.world_size}")
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """The most memory the run held: the GPU's allocator peak, else this process's peak RSS."""
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The most memory the run held: the GPU's allocator peak, else this process's peak resident
+    set (None where the system does not say: Windows has no `resource` module)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS counts bytes, Linux KiB

@@ -4,16 +4,18 @@ Generating one token at batch 1 multiplies every weight matrix by a single vecto
 speed is bounded by how fast the weights stream from memory, not by arithmetic. Storing
 them in 8 bits instead of 32 moves a quarter of the bytes.
 
-`Int8Linear` is dynamic int8 quantisation (as in Dettmers et al. 2022, "LLM.int8()", Sec. 3.1,
-without its outlier decomposition):
+`Int8Linear` multiplies int8 by int8 with exact int32 sums (`torch._int_mm`, the CPU's int8
+dot-product instructions, VNNI, where present):
 - weights, once, per output row: w ~ s_w[o] * q_w[o, :], q_w = round(w / s_w) in [-127, 127],
-  s_w[o] = max|w[o, :]| / 127 (absmax scaling: the largest weight of a row maps to 127);
-- activations, at every call, per row likewise: x ~ s_x[b] * q_x[b, :];
-- then x w^T ~ s_x[b] * s_w[o] * (q_x q_w^T)[b, o], with the integer product summed exactly
-  in int32 by `torch._int_mm` (the CPU's int8 dot-product instructions, VNNI, where present).
-Each row's rounding error is at most half a step, s/2, so the error of a row is relative to
-its largest entry: a row with one huge outlier quantises the rest coarsely.
-
+  s_w[o] = max|w[o, :]| / 127 (absmax scaling: a row's largest weight maps to 127). Each weight
+  is off by at most half a step, s_w/2: this is the only error that matters.
+- activations, at every call, per row: y = x / s_x with s_x = max|x| / 127, written with two
+  int8 "digits", y ~ a + b / 254 with a = round(y) and b = round(254 (y - a)) (|y - a| <= 1/2,
+  so b fits in [-127, 127]). One int8 digit alone (as in Dettmers et al. 2022, "LLM.int8()",
+  Sec. 3.1) loses too much where a row has outliers, which transformer activations do: it cost
+  SmolLM2 0.055 of zero-shot SST accuracy, two digits cost 0.005, as weight-only int8 does.
+- then x w^T ~ s_x s_w (a q_w^T + (b q_w^T) / 254): the two digits go through one _int_mm as
+  2N rows, so the weights are still read once, and at batch 1 two rows cost what one does.
 Only inference uses these: the weights are buffers, not parameters, and nothing trains them.
 """
 
@@ -47,10 +49,14 @@ class Int8Linear(nn.Module):
         """x (..., in) -> (..., out), in x's dtype."""
         if x.device.type != "cpu":  # torch._int_mm's GPU kernel wants > 16 rows: compute in float there
             return F.linear(x, dequantized_weight(self).to(x.dtype))
-        rows = x.reshape(-1, self.in_features)  # (N, in)
-        q, scale = quantize_rows(rows)
-        products = torch._int_mm(q, self.weight_int8.t())  # (N, out) int32, exact
-        out = products.float() * scale * self.weight_scale
+        rows = x.reshape(-1, self.in_features).float()  # (N, in)
+        scale = rows.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / INT8_MAX  # (N, 1)
+        y = rows / scale  # in [-127, 127]
+        a = torch.round(y)
+        b = torch.round((y - a) * 2 * INT8_MAX)  # the second digit, in [-127, 127]
+        products = torch._int_mm(torch.cat([a, b]).to(torch.int8), self.weight_int8.t()).float()  # (2N, out), exact
+        high, low = products.view(2, -1, self.out_features)
+        out = (high + low / (2 * INT8_MAX)) * (scale * self.weight_scale)
         return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -196,3 +196,18 @@ def our_classifier(model: Llama, folder: Path, num_labels: int, device) -> Llama
     config = SimpleNamespace(pretrained_model_path=str(path), num_labels=num_labels, option="finetune",
                              hidden_dropout_prob=0.3)
     return LlamaEmbeddingClassifier(config).to(device)
+
+
+def smollm2_zero_shot():
+    """SmolLM2-135M as LlamaZeroShotClassifier on the SST labels, on the CPU in float32 (the
+    zero-shot benchmarks' model): (gguf path, tokenizer, label names, classifier)."""
+    import json
+
+    from classifier import LlamaZeroShotClassifier
+    from tokenizer import Tokenizer
+
+    gguf = smollm2_path()
+    tokenizer = Tokenizer(tokenizer_model=gguf)
+    label_names = json.loads(find_asset("data/sst-label-mapping.json").read_text())
+    config = SimpleNamespace(pretrained_model_path=str(gguf), num_labels=len(label_names), option="pretrain")
+    return gguf, tokenizer, label_names, LlamaZeroShotClassifier(config, tokenizer, label_names).eval()

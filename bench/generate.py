@@ -5,14 +5,19 @@
 
 Greedy decoding with a key/value cache, batch 1 and a batch of prompts of different
 lengths (left-padded, with an attention mask). Both implementations run in this process,
-alternating, and must produce the same tokens.
+alternating, and must produce the same tokens. Our model also runs with smaller weights
+(quantize.py): int8 linear layers (CPU only) and bfloat16 weights, batch 1; bench/quantization.py
+measures what they cost in quality on a trained model.
 """
 
 import argparse
 
+import copy
+
 import torch
 
 import common
+from quantize import prepare_for_inference
 
 
 def matmuls_alone(model, n: int, batch: int):
@@ -52,10 +57,15 @@ def main():
         with common.autocast(args, device):
             return model.generate(idx, n, temperature=0.0, attention_mask=attention_mask)
 
+    small = {"int8": prepare_for_inference(copy.deepcopy(model), quantize="int8")} if device.type == "cpu" else {}
+    small["bf16 weights"] = prepare_for_inference(copy.deepcopy(model), dtype="bfloat16")
+
     candidates = {"matmuls alone, batch 1 (floor)": lambda: matmuls_alone(model, n, 1),
                   f"matmuls alone, batch {args.batch} (floor)": lambda: matmuls_alone(model, n, args.batch),
                   "ours, batch 1": lambda: ours(one_prompt),
                   f"ours, batch {args.batch}": lambda: ours(prompts, mask)}
+    for name, variant in small.items():
+        candidates[f"ours {name}, batch 1"] = lambda v=variant: v.generate(one_prompt, n, temperature=0.0)
     hf = None
     if not args.no_transformers:
         try:
@@ -80,8 +90,17 @@ def main():
     footer = [f"batch {args.batch} vs batch 1 (ours): "
               + common.verdict(rate[f"ours, batch {args.batch}"] / rate["ours, batch 1"], 4),
               f"batch {args.batch} vs batch 1 (matmuls alone, the BLAS's own scaling): {floor_b / floor_1:.2f}x",
-              f"ours reaches {rate['ours, batch 1'] / floor_1:.0%} of the batch-1 floor, "
+              f"ours reaches {rate['ours, batch 1'] / floor_1:.0%} of the batch-1 floor (target >= 85%), "
               f"{rate[f'ours, batch {args.batch}'] / floor_b:.0%} of the batch-{args.batch} floor"]
+    targets = {"int8": (1.5, 2.0)}  # over our float32, over transformers' float32
+    for name in small:
+        vs_ours, vs_theirs = targets.get(name, (None, None))
+        ratio = rate[f"ours {name}, batch 1"] / rate["ours, batch 1"]
+        line = f"ours {name} vs ours float32, batch 1: " + (common.verdict(ratio, vs_ours) if vs_ours else f"{ratio:.2f}x")
+        if hf is not None:
+            ratio = rate[f"ours {name}, batch 1"] / rate["transformers, batch 1"]
+            line += "; vs transformers float32: " + (common.verdict(ratio, vs_theirs) if vs_theirs else f"{ratio:.2f}x")
+        footer.append(line)
     if hf is not None:
         footer.insert(0, "ours vs transformers, batch 1: "
                       + common.verdict(rate["ours, batch 1"] / rate["transformers, batch 1"], 2.5))

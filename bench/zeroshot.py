@@ -3,6 +3,7 @@ with its own full forward pass.
 
     python bench/zeroshot.py                     # CPU, a dev subset (--dev-examples 0: all 1101)
     python bench/zeroshot.py --device cuda --bf16
+    python bench/zeroshot.py --quantize int8     # both methods on SmolLM2's int8 linear layers
 
 Ours (LlamaZeroShotClassifier) runs each prompt once, keeps its keys and values, and scores all
 labels' tokens on top of that cache. The baseline runs prompt + " " + label through the whole
@@ -10,8 +11,6 @@ model once per label. Both use the same length-sorted, masked batches and must a
 """
 
 import argparse
-import json
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 import common
 from data import collate, encode_examples, length_sorted_batches, read_examples
 from classifier import LlamaZeroShotClassifier
-from tokenizer import Tokenizer
+from quantize import prepare_for_inference
 
 
 def label_by_label(classifier: LlamaZeroShotClassifier, input_ids, attention_mask) -> torch.Tensor:
@@ -48,18 +47,19 @@ def main():
     parser = common.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--dev-examples", type=int, default=200, help="SST dev sentences (0: all 1101)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--quantize", choices=("int8",), default=None, help="int8 linear layers (quantize.py)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the weights' dtype")
     args = parser.parse_args()
     device = common.setup(args)
-    gguf = common.smollm2_path()
-    tokenizer = Tokenizer(tokenizer_model=gguf)
-    label_names = json.loads(common.find_asset("data/sst-label-mapping.json").read_text())
-    config = SimpleNamespace(pretrained_model_path=str(gguf), num_labels=len(label_names), option="pretrain")
-    classifier = LlamaZeroShotClassifier(config, tokenizer, label_names).to(device).eval()
+    gguf, tokenizer, label_names, classifier = common.smollm2_zero_shot()
+    prepare_for_inference(classifier.llama, args.dtype, args.quantize)
+    classifier = classifier.to(device)
     examples = read_examples(common.find_asset("data/sst-dev.txt"), limit=args.dev_examples or None)
     room = classifier.llama.config.max_seq_len - classifier.max_label_len
     encoded = encode_examples(examples, tokenizer, room, classifier.question_ids, desc="dev")
-    batches = [collate([encoded[i] for i in batch], tokenizer.pad_id, device)
-               for batch in length_sorted_batches([len(ids) for ids in encoded], args.batch_size)]
+    groups = length_sorted_batches([len(ids) for ids in encoded], args.batch_size)
+    batches = [collate([encoded[i] for i in group], tokenizer.pad_id, device) for group in groups]
+    labels = torch.tensor([examples[i].label for group in groups for i in group])  # in batch order
 
     def evaluate(score):
         with torch.inference_mode(), common.autocast(args, device):
@@ -72,13 +72,15 @@ def main():
     seconds = common.compare(candidates, device, args.repeats, warmup=0)
     rows = [[name, f"{value:.1f}", f"{len(encoded) / value:.1f}"] for name, value in seconds.items()]
     names = list(candidates)
-    footer = ["ours vs one pass per label: " + common.verdict(seconds[names[1]] / seconds[names[0]], 2),
+    footer = ["ours vs one pass per label: " + common.verdict(seconds[names[1]] / seconds[names[0]], 5),
               f"same predictions: {(ours.argmax(-1) == theirs.argmax(-1)).float().mean():.1%}, "
               f"largest score difference {(ours - theirs).abs().max():.1e}",
               f"labels {label_names}: {[len(ids) for ids in classifier.label_ids]} tokens each",
+              f"dev accuracy (ours): {(ours.argmax(-1).cpu() == labels).float().mean():.3f}",
               f"machine: {common.machine(device)}"]
-    common.print_table(f"Zero-shot SST dev ({len(encoded)} sentences), SmolLM2-135M ({gguf.name}), batch "
-                       f"{args.batch_size}, median of {args.repeats}", ["method", "seconds", "sentences/s"],
+    common.print_table(f"Zero-shot SST dev ({len(encoded)} sentences), SmolLM2-135M ({gguf.name}"
+                       f"{', int8 linear layers' if args.quantize else ''}, {args.dtype}), batch {args.batch_size}, "
+                       f"median of {args.repeats}", ["method", "seconds", "sentences/s"],
                        rows, footer)
 
 

@@ -15,6 +15,9 @@ import torch
 
 from utils import REPO_ROOT, smollm2_gguf_path  # importable from the root: pytest.ini sets pythonpath
 
+# Tests decode the GGUF files they write afresh: no entries for temporary files in ~/.cache (gguf_cache.py).
+os.environ.setdefault("MINLLAMA_CACHE", "off")
+
 
 def asset_dirs() -> list[Path]:
     """Mirror folders (laid out like shared/assets), in the order they are searched."""

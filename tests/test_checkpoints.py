@@ -1,9 +1,11 @@
 """Tests for checkpoints.py: every format round-trips through files written here (small random
 models), and every kind of broken file gives a CheckpointError naming the file and the problem."""
 
+import os
 import struct
 
 import gguf
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +93,11 @@ def write_llama2c(path, model, version=0):
 
 def assert_same_model(loaded: Llama, original: Llama):
     assert loaded.state_dict().keys() == original.state_dict().keys()
+    # load_pretrained builds on the meta device: every parameter must have been given real, trainable memory,
+    # and a tied classifier must still be the embedding (one Parameter), as in a model built normally.
+    assert not any(p.is_meta for p in loaded.parameters()) and all(p.requires_grad for p in loaded.parameters())
+    tied = original.output.weight is original.tok_embeddings.weight
+    assert (loaded.output.weight is loaded.tok_embeddings.weight) == tied
     for name, tensor in original.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     tokens = torch.randint(0, CONFIG["vocab_size"], (2, 10))
@@ -145,10 +152,9 @@ def test_layernorm_model_loads_a_checkpoint_without_biases(tmp_path):
     assert len(biases) == 2 * CONFIG["n_layers"] + 1 and all(torch.all(b == 0) for b in biases)
 
 
-def test_gguf_round_trip(tmp_path):
-    """A GGUF written with the gguf package: F32 and quantised Q8_0 tensors, reversed dims."""
-    model = random_llama(tied=False)
-    path = tmp_path / "tiny.gguf"
+def write_gguf(path, model) -> dict[str, torch.Tensor]:
+    """Write `model` as a GGUF file with the gguf package (one kind of tensor quantised to Q8_0);
+    returns the state dict it must read back as."""
     writer = gguf.GGUFWriter(str(path), "llama")
     c = model.config
     writer.add_block_count(c.n_layers)
@@ -182,7 +188,14 @@ def test_gguf_round_trip(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return expected
 
+
+def test_gguf_round_trip(tmp_path):
+    """A GGUF written with the gguf package: F32 and quantised Q8_0 tensors, reversed dims."""
+    model = random_llama(tied=False)
+    path = tmp_path / "tiny.gguf"
+    expected = write_gguf(path, model)
     model_args, state_dict = read_checkpoint(path)
     assert model_args == dict(vocab_size=96, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
                               max_seq_len=16, layer_norm_eps=pytest.approx(1e-6), rope_theta=50000.0,
@@ -194,6 +207,35 @@ def test_gguf_round_trip(tmp_path):
     query = state_dict["layers.0.attention.compute_query.weight"]
     assert (query - model.layers[0].attention.compute_query.weight).abs().max() < 1e-3
     load_pretrained(path)
+
+
+def test_gguf_cache(tmp_path, monkeypatch):
+    """The decoded file is stored once, read back the same, and not used for a changed file."""
+    import gguf_cache
+    from checkpoints import _gguf_reader
+
+    monkeypatch.setenv("MINLLAMA_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    expected = write_gguf(path, random_llama(tied=False))
+
+    def read():
+        _gguf_reader.cache_clear()  # the in-process cache would hide the disk
+        return read_checkpoint(path)
+
+    first = read()
+    entry = gguf_cache.cache_file(path)
+    assert entry.is_file() and entry.is_relative_to(tmp_path / "cache")
+    second = read()  # from the entry
+    assert first[0] == second[0] and second[1].keys() == expected.keys()
+    assert all(torch.equal(second[1][name], tensor) for name, tensor in expected.items())
+
+    entry.write_bytes(b"not a torch file")  # damaged: decoded again and rewritten
+    assert torch.equal(read()[1]["norm.weight"], expected["norm.weight"])
+    assert gguf_cache.cache_file(path).stat().st_size > 100
+    os.utime(path, ns=(1, 1))  # a changed file gets its own entry
+    assert gguf_cache.cache_file(path) != entry
+    monkeypatch.setenv("MINLLAMA_CACHE", "off")
+    assert gguf_cache.cache_file(path) is None and read()[0] == first[0]
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ TINY = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_
 
 # int8 logits of a tiny random model differ from float32 by at most this fraction of the logits'
 # standard deviation (measured: about 0.05 here, 0.18 of a std on the stories42M shape is never seen).
-LOGIT_TOLERANCE = 0.15
+LOGIT_TOLERANCE = 0.1
 
 
 def test_quantize_rows_round_trip_is_within_half_a_step():
@@ -32,9 +32,10 @@ def test_int8_linear_is_within_the_rounding_bound_of_the_float_product():
     layer = Int8Linear(linear)
     got, want = layer(x), F.linear(x, linear.weight.detach())
     assert got.shape == want.shape == (3, 5, 20)
-    # |x.w - x'.w'| <= sum|x| dw + sum|w| dx + n dx dw, with dx, dw half a step of each row's scale.
+    # |x.w - x'.w'| <= sum|x| dw + sum|w| dx + n dx dw, with dw half a weight step and dx half a step
+    # of the activations' second int8 digit (1/254 of the first's).
     _, x_scale = quantize_rows(x.reshape(-1, 48))
-    w_step, x_step = layer.weight_scale / 2, x_scale.view(3, 5, 1) / 2  # (1, 20), (3, 5, 1)
+    w_step, x_step = layer.weight_scale / 2, x_scale.view(3, 5, 1) / 2 / 254  # (1, 20), (3, 5, 1)
     w_abs = linear.weight.detach().abs().sum(-1)  # (20,)
     bound = x.abs().sum(-1, keepdim=True) * w_step + w_abs * x_step + 48 * x_step * w_step
     assert ((got - want).abs() <= bound + 1e-5).all()

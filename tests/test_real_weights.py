@@ -119,10 +119,10 @@ def test_smollm2_config(smollm2):
 def test_smollm2_dequantisation_matches_transformers(smollm2_path, smollm2):
     """Our reader (gguf.quants, numpy) against transformers' own torch dequantiser, on the Q8_0
     embedding and a Q4_1 query projection: same values, same orientation."""
-    from checkpoints import open_gguf
+    from gguf import GGUFReader
     from transformers.integrations.gguf.dequant import dequantize
 
-    tensors = {t.name: t for t in open_gguf(smollm2_path).tensors}
+    tensors = {t.name: t for t in GGUFReader(smollm2_path).tensors}  # the file's own quantised data
     for gguf_name, ours in (("token_embd.weight", smollm2.tok_embeddings.weight),
                             ("blk.0.attn_q.weight", smollm2.layers[0].attention.compute_query.weight)):
         tensor = tensors[gguf_name]

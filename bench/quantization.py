@@ -1,0 +1,100 @@
+"""Smaller weights (quantize.py) on SmolLM2-135M: decoding speed and what it costs in quality.
+
+    python bench/quantization.py                    # CPU: float32, int8 linear layers, bfloat16 weights
+    python bench/quantization.py --dev-examples 0   # quality on all 1101 SST dev sentences
+
+For each variant of the same loaded model: greedy decoding at batch 1 (tokens/s, alternating
+the variants within this process), the perplexity of the SST dev sentences (each scored as a
+text of its own, the first token unscored), and zero-shot SST dev accuracy with
+LlamaZeroShotClassifier. Targets: int8 at least 1.5x float32's decoding speed, perplexity
+within 2% of float32's and accuracy within 0.01 of it.
+"""
+
+import argparse
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+import common
+from data import collate, encode_examples, length_sorted_batches, read_examples
+from quantize import prepare_for_inference
+
+VARIANTS = {"float32": dict(), "int8 linear layers": dict(quantize="int8"), "bfloat16 weights": dict(dtype="bfloat16")}
+
+
+@torch.inference_mode()
+def perplexity(model, batches) -> float:
+    """exp(mean negative log-likelihood per predicted token) over right-padded (ids, mask) batches."""
+    total, count = 0.0, 0
+    for input_ids, attention_mask in batches:
+        logits, _ = model(input_ids, targets=input_ids, attention_mask=attention_mask)
+        targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)  # pads are not predicted
+        total += F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
+                                 ignore_index=-100, reduction="sum").item()
+        count += int((targets != -100).sum())
+    return math.exp(total / count)
+
+
+@torch.inference_mode()
+def zero_shot_accuracy(classifier, batches, labels) -> float:
+    predictions = torch.cat([classifier(ids, mask).argmax(-1) for ids, mask in batches])
+    return (predictions.cpu() == labels).float().mean().item()
+
+
+def main():
+    parser = common.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--dev-examples", type=int, default=200, help="SST dev sentences for quality (0: all 1101)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    device = common.setup(args)
+    gguf, tokenizer, label_names, base = common.smollm2_zero_shot()
+    classifiers = {name: copy.deepcopy(base) for name in VARIANTS}
+    for name, settings in VARIANTS.items():
+        prepare_for_inference(classifiers[name].llama, **settings)
+        classifiers[name].to(device)
+
+    examples = read_examples(common.find_asset("data/sst-dev.txt"), limit=args.dev_examples or None)
+    room = base.llama.config.max_seq_len - base.max_label_len
+
+    def batched(sequences):
+        groups = length_sorted_batches([len(ids) for ids in sequences], args.batch_size)
+        return groups, [collate([sequences[i] for i in group], tokenizer.pad_id, device) for group in groups]
+
+    _, text_batches = batched([tokenizer.encode(e.sentence, bos=True, eos=False) for e in examples])
+    groups, prompt_batches = batched(encode_examples(examples, tokenizer, room, base.question_ids))
+    labels = torch.tensor([examples[i].label for group in groups for i in group])
+
+    prompt = torch.tensor([tokenizer.encode("Once upon a time, there was a little robot who", bos=True, eos=False)],
+                          device=device)
+    decoded = {name: classifier.llama.generate(prompt, args.new_tokens, temperature=0.0)
+               for name, classifier in classifiers.items()}
+    seconds = common.compare({name: (lambda c=c: c.llama.generate(prompt, args.new_tokens, temperature=0.0))
+                              for name, c in classifiers.items()}, device, args.repeats)
+    quality = {name: (perplexity(c.llama, text_batches), zero_shot_accuracy(c, prompt_batches, labels))
+               for name, c in classifiers.items()}
+
+    rate = {name: args.new_tokens / value for name, value in seconds.items()}
+    reference_ppl, reference_acc = quality["float32"]
+    rows = []
+    for name in VARIANTS:
+        ppl, acc = quality[name]
+        same = (decoded[name] == decoded["float32"]).float().mean().item()
+        rows.append([name, f"{rate[name]:.1f}", f"{rate[name] / rate['float32']:.2f}x", f"{ppl:.3f}",
+                     f"{ppl / reference_ppl - 1:+.2%}", f"{acc:.3f}", f"{acc - reference_acc:+.3f}", f"{same:.0%}"])
+    int8_ppl, int8_acc = quality["int8 linear layers"]
+    footer = ["int8 vs float32 decoding: " + common.verdict(rate["int8 linear layers"] / rate["float32"], 1.5),
+              f"int8 perplexity within 2% of float32: {'met' if abs(int8_ppl / reference_ppl - 1) <= 0.02 else 'MISSED'}; "
+              f"zero-shot accuracy within 0.01: {'met' if abs(int8_acc - reference_acc) <= 0.01 else 'MISSED'}",
+              f"quality on {len(examples)} SST dev sentences; 'same tokens': share of the {args.new_tokens} greedy "
+              "tokens equal to float32's",
+              f"machine: {common.machine(device)}"]
+    common.print_table(f"SmolLM2-135M ({gguf.name}), greedy decoding at batch 1 ({args.new_tokens} tokens, median "
+                       f"of {args.repeats}) and quality", ["weights", "tokens/s", "speed", "perplexity", "vs f32",
+                                                           "zero-shot acc", "vs f32", "same tokens"], rows, footer)
+
+
+if __name__ == "__main__":
+    main()

@@ -277,3 +277,53 @@ def run_pretrain_option(args, device, dist, out_dir: Path) -> dict:
                             cache_dir=Path(folder) / "tokens", seed=args.seed)
         summary = run_pretraining(data, choice, settings, out_dir, args.resume, device, dist)
     return {**summary, "summary_out": None}  # pretraining wrote its own summary.json
+
+
+# --------------------------------------------------------------------------------------------
+# --option instruct_tune (instruct_tuning.py)
+
+
+def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
+    """Read and check the instructions (--instructions, else the --train split as instructions)
+    and the splits to classify after training (dev/test: by default beside --dev as for the other
+    options; with --instructions only when --dev is given), then instruct_tuning.py."""
+    from classification import Split
+    from instruct_data import InstructionDataError, read_conversations
+    from instruct_tuning import InstructionTuning, run_instruction_tuning
+
+    conversations, train = None, None
+    if args.instructions is not None:
+        try:
+            conversations = read_conversations(args.instructions, args.limit)
+        except InstructionDataError as error:
+            raise RunError(str(error)) from None
+    splits, label_names, dataset = {}, [], Path(args.instructions or "instructions").stem
+    if args.instructions is None or args.dev is not None:
+        paths = data_paths(args)
+        label_names, dataset = read_label_names(paths["labels"]), dataset_name(paths["dev"])
+        if conversations is None:
+            examples = read_examples(paths["train"], args.limit)
+            check_mapping_size(examples, label_names, paths["labels"], paths["train"])
+            train = Split("train", paths["train"], examples, None)
+        outputs = {"dev": Path(args.dev_out) if args.dev_out else out_dir / f"{dataset}-dev-instruct_tune-output.txt",
+                   "test": Path(args.test_out) if args.test_out else out_dir / f"{dataset}-test-instruct_tune-output.txt"}
+        for name in ("dev",) if args.skip_test else ("dev", "test"):
+            checked_output_folder(outputs[name].parent)
+            examples = read_examples(paths[name], args.limit)
+            check_labels(examples, label_names, paths["labels"])
+            splits[name] = Split(name, paths[name], examples, outputs[name])
+    checkpoint = resolve_checkpoint(args.pretrained_model_path)
+    lr = args.lr or LOOP_DEFAULTS["classification"]["lr"]
+    run = InstructionTuning(
+        checkpoint=checkpoint, model_overrides=model_overrides(args), peft=args.peft, lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha, conversations=conversations,
+        instructions_source=str(args.instructions or f"{train.path} (as instructions)"), label_names=label_names,
+        train=train, splits=splits, batch_size=args.batch_size, max_sentence_len=args.max_sentence_len,
+        epochs=args.epochs, settings=loop_settings(args, "classification"), seed=args.seed,
+        checkpoint_out=Path(args.checkpoint_out) if args.checkpoint_out else out_dir / f"instruct_tune-{args.epochs}-{lr}.pt",
+        record={**vars(args), "pretrained_model_path": str(checkpoint)})
+    print(f"loading {checkpoint} ...")
+    summary = run_instruction_tuning(run, load_tokenizer(args, checkpoint), device, dist)
+    summary_out = Path(args.summary_out) if args.summary_out else (
+        (outputs["dev"].parent if splits else out_dir) / f"{dataset}-instruct_tune-output.json")
+    return {**summary, "summary_out": summary_out}

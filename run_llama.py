@@ -5,6 +5,7 @@
     python run_llama.py --option finetune   # train the whole model and a linear head (LlamaEmbeddingClassifier)
     python run_llama.py --option lora       # train LoRA adapters and the head only (lora.py)
     python run_llama.py --option pretrain   # train a language model on plain text (pretraining.py)
+    python run_llama.py --option instruct_tune  # instruction tuning, loss on the answers (instruct_tuning.py)
 
 Data files hold `LABEL ||| SENTENCE` lines; a label mapping is a JSON list of label names in
 id order. Classification writes `PRED ||| SENTENCE` prediction files (input order, original
@@ -24,12 +25,15 @@ from dataclasses import asdict
 
 from checkpoints import CheckpointError
 from commands import (ARCHITECTURE_FLAGS, DEFAULT_CHECKPOINT, RunError, checked_output_folder, choose_device,
-                      run_chat_option, run_classification_option, run_generate, run_pretrain_option)
+                      run_chat_option, run_classification_option, run_generate, run_instruct_tune_option,
+                      run_pretrain_option)
 from data import InputError
 from utils import MissingAssetError, write_atomically
 
 # --------------------------------------------------------------------------------------------
 # The flags
+
+PEFT_OPTIONS = ("instruct_tune",)  # the options whose model --peft adapts (issue 11 adds prompt_finetune)
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -46,12 +50,14 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="keep at most this many tokens of each sentence (the question is never cut)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--epochs", type=int, default=5, help="classification: passes over the training split")
-    parser.add_argument("--option", choices=("generate", "prompt", "finetune", "lora", "pretrain", "chat"),
+    parser.add_argument("--option", choices=("generate", "prompt", "finetune", "lora", "pretrain", "chat",
+                                             "instruct_tune"),
                         default="generate",
                         help="generate: continue a prompt; prompt: zero-shot classification (frozen model); "
                              "finetune: train the whole model; lora: train LoRA adapters and the head; "
                              "pretrain: train a language model on --corpus (or the sentences of --train); "
-                             "chat: talk to an instruct model through its chat template")
+                             "chat: talk to an instruct model through its chat template; "
+                             "instruct_tune: instruction tuning through the chat template, loss on the answers")
     parser.add_argument("--use_gpu", action="store_true", help="run on the GPU (CUDA or MPS); error if none")
     parser.add_argument("--generated_sentence_low_temp_out", default="generated-sentence-temp-0.txt")
     parser.add_argument("--generated_sentence_high_temp_out", default="generated-sentence-temp-1.txt")
@@ -113,6 +119,13 @@ def get_args(argv=None) -> argparse.Namespace:
     loop.add_argument("--eval_every", type=int, default=None, help="steps between evaluations (default: every epoch)")
     loop.add_argument("--patience", type=int, default=None, help="stop after N evaluations without improvement")
 
+    instruct = parser.add_argument_group("instruction tuning (--option instruct_tune)")
+    instruct.add_argument("--instructions", default=None,
+                          help='JSON lines of {"instruction", "response"} or {"messages": [...]} (default: the '
+                               "--train split as classification instructions, answered by the label word)")
+    instruct.add_argument("--peft", choices=("lora", "ia3"), default=None,
+                          help="train only LoRA adapters (--lora_rank, --lora_alpha) or IA3 vectors (default: everything)")
+
     lm = parser.add_argument_group("pre-training (--option pretrain)")
     lm.add_argument("--corpus", default=None, help="a UTF-8 text file (default: the sentences of --train)")
     lm.add_argument("--val_corpus", default=None, help="validation text (default: the last 10%% of the corpus)")
@@ -173,6 +186,10 @@ def validate(args) -> None:
         raise RunError("--checkpoint_in reads a finetune or lora checkpoint: use it with --option finetune or lora")
     if args.save_merged and args.option != "lora":
         raise RunError("--save_merged merges LoRA adapters: use it with --option lora")
+    if args.instructions is not None and args.option != "instruct_tune":
+        raise RunError("--instructions is the training data of --option instruct_tune")
+    if args.peft is not None and args.option not in PEFT_OPTIONS:
+        raise RunError(f"--peft chooses the adapters of --option {' or '.join(PEFT_OPTIONS)}")
 
 
 def validate_pretrain(args) -> None:
@@ -211,6 +228,8 @@ def main(argv=None) -> int:
             summary = run_chat_option(args, device)
         elif args.option == "pretrain":
             summary = run_pretrain_option(args, device, dist, out_dir)
+        elif args.option == "instruct_tune":
+            summary = run_instruct_tune_option(args, device, dist, out_dir)
         else:
             summary = run_classification_option(args, device, dist, out_dir)
         summary_out = summary.pop("summary_out", None)

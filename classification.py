@@ -57,6 +57,7 @@ class ClassifierChoice:
     lora_alpha: float
     dtype: str = "float32"  # prompt: the weights' type, or int8 linear layers (quantize.py)
     quantize: str | None = None
+    dropout: float | None = None  # the model's own dropout (None: the checkpoint's)
 
 
 def build_classifier(choice: ClassifierChoice, tokenizer, label_names: list[str]):
@@ -66,7 +67,7 @@ def build_classifier(choice: ClassifierChoice, tokenizer, label_names: list[str]
     backbone, not the command line's --option pretrain) and TRAINABLE_PARAMETERS opts in what trains."""
     config = SimpleNamespace(pretrained_model_path=choice.checkpoint, num_labels=choice.num_labels,
                              option="pretrain", hidden_dropout_prob=choice.hidden_dropout_prob,
-                             norm_type=choice.norm_type)
+                             norm_type=choice.norm_type, dropout=choice.dropout)
     if choice.option == "prompt":
         from quantize import prepare_for_inference
 
@@ -249,9 +250,11 @@ class ClassificationHooks(RunHooks):
                                                                    "dev_acc": record["dev_acc"]})
         if self.dist.is_main:
             at = f"epoch {epoch}" if state.step % self.steps_per_epoch == 0 else f"epoch {epoch}, step {state.step}"
-            print(f"{at}: train loss :: {train_loss:.3f}, train acc :: {train_acc:.3f}, dev acc :: "
-                  f"{record['dev_acc']:.3f}, dev macro-F1 :: {record['dev_macro_f1']:.3f}, dev loss :: "
-                  f"{record['dev_loss']:.3f}, time :: {record['seconds']:.1f}s")
+            dev = ("dev labels are placeholders" if self.dev.placeholder_labels else
+                   f"dev acc :: {record['dev_acc']:.3f}, dev macro-F1 :: {record['dev_macro_f1']:.3f}, "
+                   f"dev loss :: {record['dev_loss']:.3f}")
+            print(f"{at}: train loss :: {train_loss:.3f}, train acc :: {train_acc:.3f}, {dev}, "
+                  f"time :: {record['seconds']:.1f}s")
 
     def kept(self) -> str:
         if self.best_epoch is None:

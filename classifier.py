@@ -21,9 +21,10 @@ from llama import Llama, load_pretrained
 
 
 def load_backbone(config) -> Llama:
-    """The pretrained Llama named by config.pretrained_model_path, with config.norm_type if set."""
-    norm_type = getattr(config, "norm_type", None)
-    overrides = {"norm_type": norm_type} if norm_type is not None else {}
+    """The pretrained Llama named by config.pretrained_model_path, with config.norm_type and
+    config.dropout (the model's own dropout) where they are set."""
+    overrides = {field: getattr(config, field) for field in ("norm_type", "dropout")
+                 if getattr(config, field, None) is not None}
     return load_pretrained(config.pretrained_model_path, **overrides)
 
 

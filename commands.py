@@ -121,9 +121,12 @@ def load_tokenizer(args, checkpoint):
     """--tokenizer if given, else the checkpoint's own (its record, a GGUF's) or tokenizer.model."""
     from tokenizer import Tokenizer, tokenizer_for_checkpoint
 
-    if args.tokenizer is not None:
-        return Tokenizer(tokenizer_model=args.tokenizer)
-    return tokenizer_for_checkpoint(checkpoint)
+    try:
+        if args.tokenizer is not None:
+            return Tokenizer(tokenizer_model=args.tokenizer)
+        return tokenizer_for_checkpoint(checkpoint)
+    except ValueError as error:  # not a tokenizer file of a kind we read
+        raise RunError(str(error)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,6 +213,9 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
         if recorded.get("option") != args.option:
             raise RunError(f"--checkpoint_in {args.checkpoint_in} was trained with --option "
                            f"{recorded.get('option')}, not {args.option}")
+        if recorded.get("label_names") != label_names:
+            raise RunError(f"--checkpoint_in {args.checkpoint_in} classifies into {recorded.get('label_names')}, "
+                           f"but {paths['labels']} names {label_names}")
     option, dataset, method = args.option, dataset_name(paths["dev"]), METHOD_NAMES[args.option]
     outputs = {"dev": Path(args.dev_out) if args.dev_out else out_dir / f"{dataset}-dev-{method}-output.txt",
                "test": Path(args.test_out) if args.test_out else out_dir / f"{dataset}-test-{method}-output.txt"}
@@ -218,7 +224,7 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     splits = {}
     if option != "prompt" and args.checkpoint_in is None:
         train = read_examples(paths["train"], args.limit)
-        check_mapping_size(train, label_names, paths["labels"], paths["train"])
+        check_mapping_size(train, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
         splits["train"] = Split("train", paths["train"], train, None)
     for name in ("dev",) if args.skip_test else ("dev", "test"):
         examples = read_examples(paths[name], args.limit)
@@ -230,13 +236,12 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     base = args.pretrained_model_path or recorded.get("args", {}).get("pretrained_model_path")
     checkpoint = resolve_checkpoint(base)
     choice = ClassifierChoice(option, checkpoint, len(label_names), args.hidden_dropout_prob, args.norm,
-                              lora["rank"], lora["alpha"], args.dtype, args.quantize)
-    lr = args.lr or LOOP_DEFAULTS["classification"]["lr"]
+                              lora["rank"], lora["alpha"], args.dtype, args.quantize, args.dropout)
     run = ClassificationRun(
         choice=choice, label_names=label_names, splits=splits, batch_size=args.batch_size,
         max_sentence_len=args.max_sentence_len, epochs=args.epochs, settings=loop_settings(args, "classification"),
         seed=args.seed, checkpoint_out=Path(args.checkpoint_out) if args.checkpoint_out else
-        out_dir / f"{option}-{args.epochs}-{lr}.pt", checkpoint_in=args.checkpoint_in,
+        out_dir / f"{option}-{args.epochs}-{args.lr}.pt", checkpoint_in=args.checkpoint_in,
         save_merged=args.save_merged, record={**vars(args), "pretrained_model_path": str(checkpoint)})
     if args.patience is not None and "train" in splits and has_placeholder_labels(paths["dev"]):
         raise RunError(f"--patience needs real dev labels, but those of {paths['dev']} are placeholders")
@@ -287,6 +292,7 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
     """Read and check the instructions (--instructions, else the --train split as instructions)
     and the splits to classify after training (dev/test: by default beside --dev as for the other
     options; with --instructions only when --dev is given), then instruct_tuning.py."""
+    from chat import ChatTemplateError
     from classification import Split
     from instruct_data import InstructionDataError, read_conversations
     from instruct_tuning import InstructionTuning, run_instruction_tuning
@@ -303,7 +309,7 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
         label_names, dataset = read_label_names(paths["labels"]), dataset_name(paths["dev"])
         if conversations is None:
             examples = read_examples(paths["train"], args.limit)
-            check_mapping_size(examples, label_names, paths["labels"], paths["train"])
+            check_mapping_size(examples, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
             train = Split("train", paths["train"], examples, None)
         outputs = {"dev": Path(args.dev_out) if args.dev_out else out_dir / f"{dataset}-dev-instruct_tune-output.txt",
                    "test": Path(args.test_out) if args.test_out else out_dir / f"{dataset}-test-instruct_tune-output.txt"}
@@ -313,17 +319,19 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
             check_labels(examples, label_names, paths["labels"])
             splits[name] = Split(name, paths[name], examples, outputs[name])
     checkpoint = resolve_checkpoint(args.pretrained_model_path)
-    lr = args.lr or LOOP_DEFAULTS["classification"]["lr"]
     run = InstructionTuning(
         checkpoint=checkpoint, model_overrides=model_overrides(args), peft=args.peft, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, conversations=conversations,
         instructions_source=str(args.instructions or f"{train.path} (as instructions)"), label_names=label_names,
         train=train, splits=splits, batch_size=args.batch_size, max_sentence_len=args.max_sentence_len,
         epochs=args.epochs, settings=loop_settings(args, "classification"), seed=args.seed,
-        checkpoint_out=Path(args.checkpoint_out) if args.checkpoint_out else out_dir / f"instruct_tune-{args.epochs}-{lr}.pt",
+        checkpoint_out=Path(args.checkpoint_out) if args.checkpoint_out else out_dir / f"instruct_tune-{args.epochs}-{args.lr}.pt",
         record={**vars(args), "pretrained_model_path": str(checkpoint)})
     print(f"loading {checkpoint} ...")
-    summary = run_instruction_tuning(run, load_tokenizer(args, checkpoint), device, dist)
+    try:
+        summary = run_instruction_tuning(run, load_tokenizer(args, checkpoint), device, dist)
+    except ChatTemplateError as error:
+        raise RunError(str(error)) from None
     summary_out = Path(args.summary_out) if args.summary_out else (
         (outputs["dev"].parent if splits else out_dir) / f"{dataset}-instruct_tune-output.json")
     return {**summary, "summary_out": summary_out}

@@ -100,12 +100,14 @@ def check_labels(examples: list[Example], label_names: list[str], mapping_path) 
                              f"{mapping_path} (ids 0..{len(label_names) - 1})")
 
 
-def check_mapping_size(train: list[Example], label_names: list[str], mapping_path, train_path) -> None:
+def check_mapping_size(train: list[Example], label_names: list[str], mapping_path, train_path,
+                       limited: bool = False) -> None:
     """The training labels must use exactly the mapping's ids: a head with the wrong number of
-    outputs would train without complaint and mean nothing."""
+    outputs would train without complaint and mean nothing. (A --limit sample may lack the top
+    labels: then only the range is checked.)"""
     check_labels(train, label_names, mapping_path)
     n_used = max(example.label for example in train) + 1
-    if n_used != len(label_names):
+    if n_used != len(label_names) and not limited:
         raise InputError(f"the label mapping {mapping_path} names {len(label_names)} labels, but the "
                          f"training labels in {train_path} use ids 0..{n_used - 1}: pass the matching --label-names")
 
@@ -190,19 +192,6 @@ def collate(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
     return input_ids.to(device), attention_mask.to(device)
 
 
-def classification_batches(encoded: list[list[int]], labels: list[int], batch_size: int, pad_id: int,
-                           device, seed: int):
-    """Endless training batches, epoch after epoch, each epoch freshly shuffled into length buckets:
-    dicts of input_ids, attention_mask (B, T) and labels (B,). `epoch_steps` says how many make one epoch."""
-    rng = random.Random(seed)
-    lengths = [len(ids) for ids in encoded]
-    while True:
-        for batch in length_sorted_batches(lengths, batch_size, rng):
-            input_ids, attention_mask = collate([encoded[i] for i in batch], pad_id, device)
-            yield {"input_ids": input_ids, "attention_mask": attention_mask,
-                   "labels": torch.tensor([labels[i] for i in batch], device=device)}
-
-
 # --------------------------------------------------------------------------------------------
 # Text -> a memory-mapped token array -> random windows
 
@@ -264,24 +253,6 @@ def check_long_enough(ids: np.ndarray, window: int, what: str) -> None:
     if len(ids) < window + 1:
         raise InputError(f"{what} has {len(ids)} tokens, fewer than one window of --max_seq_len {window} "
                          f"plus one target token: use a longer text or a smaller --max_seq_len")
-
-
-class RandomWindows:
-    """Endless batches of random windows from a token array: inputs ids[i : i+T] and targets
-    ids[i+1 : i+T+1] (the next token at every position). The offsets come from a generator of
-    its own, whose state a checkpoint saves, so a resumed run draws the same windows."""
-
-    def __init__(self, ids: np.ndarray, window: int, batch_size: int, device, seed: int):
-        check_long_enough(ids, window, "the training text")
-        self.ids, self.window, self.batch_size, self.device = ids, window, batch_size, device
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        starts = torch.randint(len(self.ids) - self.window, (self.batch_size,), generator=self.generator)
-        return windows_at(self.ids, starts.tolist(), self.window, self.device)
 
 
 def windows_at(ids: np.ndarray, starts: list[int], window: int, device) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from config import LlamaConfig
-from data import (InputError, corpus_documents, encode_documents, fixed_windows, split_train_val,
+from data import (InputError, check_long_enough, corpus_documents, encode_documents, fixed_windows, split_train_val,
                   tokenizer_fingerprint, windows_at)
 from llama import Llama, load_pretrained
 from objectives import LanguageModelLoss
@@ -73,7 +73,10 @@ def choose_tokenizer(choice: ModelChoice, documents: list[str], data: PretrainDa
     if choice.tokenizer == "char":
         tokenizer = Tokenizer.from_corpus_chars("".join(documents))
     elif choice.tokenizer is not None:
-        tokenizer = Tokenizer(tokenizer_model=choice.tokenizer)
+        try:
+            tokenizer = Tokenizer(tokenizer_model=choice.tokenizer)
+        except ValueError as error:  # not a tokenizer file of a kind we read
+            raise InputError(str(error)) from None
     elif choice.base is not None:
         tokenizer = tokenizer_for_checkpoint(choice.base)
     else:
@@ -154,7 +157,8 @@ class PretrainHooks(RunHooks):
             with autocast(self.device):
                 losses.append(LanguageModelLoss()(model, batch).item())
         loss = sum(losses) / len(losses)
-        with torch.random.fork_rng(devices=[]):  # a sample must not change the training's random stream
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # a sample must not change the training's random stream
             torch.manual_seed(step)
             prompt = torch.tensor([self.sample_prompt], device=self.device)
             tokens = model.generate(prompt, SAMPLE_TOKENS, temperature=0.8, epsilon=0.0)
@@ -186,11 +190,13 @@ class PretrainHooks(RunHooks):
 
     def save(self, path: Path, state: LoopState, optimizer=None) -> None:
         checkpoint = {"model_args": self.model.config.to_dict(), "model": self.model.state_dict(),
-                      "tokenizer": self.tokenizer.to_record(), "step": state.step, "val_loss": state.best,
+                      "tokenizer": self.tokenizer.to_record(), "step": state.step, "best_val_loss": state.best,
                       "run": self.summary}
         if optimizer is not None:
             checkpoint.update(optimizer=optimizer.state_dict(), loop_state=state.to_dict(),
                               rng_state=torch.get_rng_state())
+            if self.device.type == "cuda":
+                checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state(self.device)
         with atomic_path(path) as temporary:
             torch.save(checkpoint, temporary)
 
@@ -222,6 +228,10 @@ def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSetti
         check_resumable(checkpoint, out_dir / "last.pt", model, tokenizer)
         model.load_state_dict(checkpoint["model"])
         torch.set_rng_state(checkpoint["rng_state"])
+        if "cuda_rng_state" in checkpoint and device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["cuda_rng_state"], device)
+
+    check_long_enough(train_ids, data.window, "the training text")
 
     def batch_at(step: int) -> dict:
         # The windows of a step depend on the seed and the step only: a resumed run sees the same.

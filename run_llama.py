@@ -24,9 +24,9 @@ import time
 from dataclasses import asdict
 
 from checkpoints import CheckpointError
-from commands import (ARCHITECTURE_FLAGS, DEFAULT_CHECKPOINT, RunError, checked_output_folder, choose_device,
-                      run_chat_option, run_classification_option, run_generate, run_instruct_tune_option,
-                      run_pretrain_option)
+from commands import (ARCHITECTURE_FLAGS, DEFAULT_CHECKPOINT, LOOP_DEFAULTS, RunError, checked_output_folder,
+                      choose_device, run_chat_option, run_classification_option, run_generate,
+                      run_instruct_tune_option, run_pretrain_option)
 from data import InputError
 from utils import MissingAssetError, write_atomically
 
@@ -141,6 +141,8 @@ def get_args(argv=None) -> argparse.Namespace:
         validate(args)
     except RunError as error:
         parser.error(str(error))
+    if args.lr is None:  # the contract's 2e-5 for classification; pre-training's own default
+        args.lr = LOOP_DEFAULTS["pretrain" if args.option == "pretrain" else "classification"]["lr"]
     return args
 
 

@@ -101,8 +101,9 @@ class Distributed:
         if world_size == 1:
             return cls()
         if not torch_dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch_dist.init_process_group(backend)
+            # NCCL carries CUDA tensors only: the few numbers the loop itself exchanges (the
+            # loss, a stop request) and CPU models go through gloo.
+            torch_dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
         return cls(torch_dist.get_rank(), world_size)
 
     def barrier(self) -> None:
@@ -110,13 +111,13 @@ class Distributed:
         if self.world_size > 1:
             torch_dist.barrier()
 
-    def mean(self, value: float) -> float:
-        """The mean of a number over all processes."""
+    def mean(self, *values: float) -> list[float]:
+        """The mean of each number over all processes (one all-reduce for all of them)."""
         if self.world_size == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64)
         torch_dist.all_reduce(tensor)
-        return tensor.item() / self.world_size
+        return (tensor / self.world_size).tolist()
 
 
 def shards(batch: dict, objective, grad_accum: int, dist: Distributed):
@@ -125,7 +126,8 @@ def shards(batch: dict, objective, grad_accum: int, dist: Distributed):
     loss over the whole batch. A shard left empty (a short last batch) runs one row at weight 0:
     every process must take part in every all-reduce."""
     n_shards = grad_accum * dist.world_size
-    pieces = [dict(zip(batch, values)) for values in zip(*(v.tensor_split(n_shards) for v in batch.values()))]
+    split = {name: value.tensor_split(n_shards) for name, value in batch.items()}  # each: n_shards pieces
+    pieces = [{name: split[name][i] for name in batch} for i in range(n_shards)]
     counts = [objective.count(piece) if len(piece["input_ids"]) else 0 for piece in pieces]
     total = sum(counts)
     for micro in range(grad_accum):
@@ -185,15 +187,17 @@ def interrupt_at_step_end():
     """Ctrl-C during training asks the loop to stop after the current step, so weights and
     optimizer are never caught half-updated; a second Ctrl-C stops at once. Yields a dict whose
     "requested" turns True. (Signal handlers belong to the main thread; elsewhere this does nothing.)"""
-    flag = {"requested": False}
+    flag = {"requested": False, "at": 0.0}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
         if flag["requested"]:
-            raise KeyboardInterrupt
-        flag["requested"] = True
+            if time.monotonic() - flag["at"] > 1.0:  # torchrun forwards the terminal's Ctrl-C again at once
+                raise KeyboardInterrupt
+            return
+        flag["requested"], flag["at"] = True, time.monotonic()
         print("\nstopping after this step (Ctrl-C again to stop at once) ...", flush=True)
 
     previous = signal.signal(signal.SIGINT, handler)
@@ -207,7 +211,8 @@ def train(model, objective, batch_at, settings: LoopSettings, hooks: RunHooks, d
           dist: Distributed = Distributed(), state: LoopState | None = None, optimizer_state: dict | None = None
           ) -> LoopState:
     """Train `model` for settings.max_steps optimizer steps (from state.step when resuming).
-    Raises TrainingInterrupted on Ctrl-C (after hooks.on_interrupt), TrainingDiverged on a blow-up."""
+    Raises TrainingInterrupted on Ctrl-C (after hooks.on_interrupt), TrainingDiverged on a blow-up.
+    Under torchrun a stop asked for on one process stops them all after the same step."""
     state = state or LoopState()
     optimizer = build_optimizer(model, settings)
     if optimizer_state is not None:
@@ -215,6 +220,7 @@ def train(model, objective, batch_at, settings: LoopSettings, hooks: RunHooks, d
     trainable = [p for p in model.parameters() if p.requires_grad]
     wrapped = DistributedDataParallel(model) if dist.world_size > 1 else model
     progress = tqdm(total=settings.max_steps, initial=state.step, desc="train", disable=not dist.is_main)
+    stopped_early = False
     with interrupt_at_step_end() as interrupt:
         try:
             while state.step < settings.max_steps and not interrupt["requested"]:
@@ -230,9 +236,11 @@ def train(model, objective, batch_at, settings: LoopSettings, hooks: RunHooks, d
                         with autocast(device):
                             micro_loss = objective(wrapped, shard)
                         (micro_loss * weight).backward()
-                    loss += micro_loss.item() * weight / dist.world_size
+                    loss += micro_loss.item() * weight
                     tokens += shard["input_ids"].numel() if weight else 0
-                loss = dist.mean(loss) * dist.world_size  # the mean loss over the whole global batch
+                # The mean loss over the whole global batch; and whether any process was asked to stop.
+                loss, stop = dist.mean(loss, float(interrupt["requested"]))
+                interrupt["requested"] = stop > 0
                 check_divergence(state, loss)
                 if settings.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
@@ -255,12 +263,14 @@ def train(model, objective, batch_at, settings: LoopSettings, hooks: RunHooks, d
                         if dist.is_main:
                             print(f"early stop at step {state.step}: {hooks.metric} has not improved in "
                                   f"{settings.patience} evaluations (best {state.best:.4f} at step {state.best_step})")
+                        stopped_early = True
                         break
-        except KeyboardInterrupt:  # the second Ctrl-C, mid-step
-            interrupt["requested"] = True
+        except KeyboardInterrupt:  # the second Ctrl-C, mid-step: weights may be half-updated, save nothing
+            raise TrainingInterrupted(f"stopped at once during step {state.step + 1}: the files of the last "
+                                      "evaluation are kept") from None
         finally:
             progress.close()
-    if interrupt["requested"]:
+    if interrupt["requested"] and state.step < settings.max_steps and not stopped_early:
         raise TrainingInterrupted(hooks.on_interrupt(state, optimizer))
     return state
 

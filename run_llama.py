@@ -46,12 +46,15 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="keep at most this many tokens of each sentence (the question is never cut)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--epochs", type=int, default=5, help="classification: passes over the training split")
-    parser.add_argument("--option", choices=("generate", "prompt", "finetune", "lora", "pretrain", "chat"),
+    parser.add_argument("--option", choices=("generate", "prompt", "finetune", "lora", "pretrain", "chat",
+                                             *CLASSIFICATION_METHODS),
                         default="generate",
                         help="generate: continue a prompt; prompt: zero-shot classification (frozen model); "
                              "finetune: train the whole model; lora: train LoRA adapters and the head; "
                              "pretrain: train a language model on --corpus (or the sentences of --train); "
-                             "chat: talk to an instruct model through its chat template")
+                             "chat: talk to an instruct model through its chat template; ia3: train IA3 "
+                             "vectors and the head; prompt_tuning: train a soft prompt and the head; "
+                             "prompt_finetune: train the zero-shot classifier itself")
     parser.add_argument("--use_gpu", action="store_true", help="run on the GPU (CUDA or MPS); error if none")
     parser.add_argument("--generated_sentence_low_temp_out", default="generated-sentence-temp-0.txt")
     parser.add_argument("--generated_sentence_high_temp_out", default="generated-sentence-temp-1.txt")
@@ -75,6 +78,8 @@ def get_args(argv=None) -> argparse.Namespace:
                            "checkpoint's own, else tokenizer.model)")
     ours.add_argument("--dropout", type=float, default=None, help="the model's own dropout (default: the checkpoint's, 0)")
     ours.add_argument("--limit", type=int, default=None, help="use only the first N lines of each data file")
+    ours.add_argument("--stratified", action="store_true",
+                      help="with --limit: a random N (drawn with --seed) that keeps each file's label proportions")
     ours.add_argument("--skip_test", action="store_true", help="predict the dev split only")
     ours.add_argument("--out_dir", default=".", help="folder for every output with a default name")
     ours.add_argument("--summary_out", default=None, help="default: <dataset>-<method>-output.json beside --dev_out")
@@ -112,6 +117,8 @@ def get_args(argv=None) -> argparse.Namespace:
     loop.add_argument("--max_grad_norm", type=float, default=None, help="clip gradients (default: none; pretrain: 1.0)")
     loop.add_argument("--eval_every", type=int, default=None, help="steps between evaluations (default: every epoch)")
     loop.add_argument("--patience", type=int, default=None, help="stop after N evaluations without improvement")
+
+    add_method_flags(parser)
 
     lm = parser.add_argument_group("pre-training (--option pretrain)")
     lm.add_argument("--corpus", default=None, help="a UTF-8 text file (default: the sentences of --train)")
@@ -169,10 +176,90 @@ def validate(args) -> None:
                        "(a model trained with it carries its tokenizer)")
     if args.option == "pretrain":
         validate_pretrain(args)
-    if args.checkpoint_in is not None and args.option not in ("finetune", "lora"):
-        raise RunError("--checkpoint_in reads a finetune or lora checkpoint: use it with --option finetune or lora")
-    if args.save_merged and args.option != "lora":
-        raise RunError("--save_merged merges LoRA adapters: use it with --option lora")
+    if args.checkpoint_in is not None and args.option not in TRAINED:
+        raise RunError(f"--checkpoint_in reads a classification checkpoint: use it with --option {', '.join(TRAINED)}")
+    if args.save_merged and args.option not in ("lora", "ia3"):
+        raise RunError("--save_merged merges LoRA adapters or IA3 vectors: use it with --option lora or ia3")
+    validate_methods(args)
+
+
+# --------------------------------------------------------------------------------------------
+# The classification methods beyond the four upstream options (issue 11; classification_methods.py)
+
+CLASSIFICATION_METHODS = ("ia3", "prompt_tuning", "prompt_finetune")
+TRAINED = ("finetune", "lora", *CLASSIFICATION_METHODS)  # the classification options that train
+
+
+def add_method_flags(parser) -> None:
+    methods = parser.add_argument_group("classification methods (none required)")
+    methods.add_argument("--lora_targets", default="attention",
+                         help="lora: the projections to adapt: attention, ffn, all, or names such as "
+                              "compute_query,compute_value,w2")
+    methods.add_argument("--lora_dropout", type=float, default=0.0, help="lora: dropout on the adapters' input")
+    methods.add_argument("--n_virtual_tokens", type=int, default=20, help="prompt_tuning: the soft prompt's length")
+    methods.add_argument("--prompt_init", choices=("question", "random"), default="question",
+                         help="prompt_tuning: start from the zero-shot question's tokens or random tokens")
+    methods.add_argument("--peft", choices=("lora", "ia3"), default=None,
+                         help="prompt_finetune: train LoRA adapters or IA3 vectors instead of the whole model")
+    methods.add_argument("--shots", type=int, default=0,
+                         help="prompt: K demonstrations from --train, balanced over labels, drawn with --seed")
+    methods.add_argument("--calibrate", action="store_true",
+                         help="prompt: contextual calibration on content-free inputs (Zhao et al. 2021)")
+    methods.add_argument("--chat_template", action="store_true", help="prompt: ask through the model's chat template")
+    methods.add_argument("--head_init", choices=("random", "label_words"), default="random",
+                         help="finetune, lora, ia3: label_words starts the head as the zero-shot classifier "
+                              "(and appends the zero-shot question to every sentence)")
+    methods.add_argument("--wise_ft", default=None,
+                         help="finetune, lora, ia3 with --head_init label_words: comma-separated coefficients "
+                              "in [0, 1]; after training keep the best interpolation on dev (WiSE-FT)")
+    methods.add_argument("--mixout", type=float, default=None,
+                         help="finetune: mix each weight with its pretrained value with this probability")
+    methods.add_argument("--early_stop_on", choices=("accuracy", "loss"), default="accuracy",
+                         help="the dev metric that picks the best checkpoint and that --patience watches")
+    methods.add_argument("--advanced", action="store_true",
+                         help="write <dataset>-<dev|test>-advanced-output.txt (the CMU A+ submission names)")
+
+
+def validate_methods(args) -> None:
+    """The method flags: each only with an option that uses it, each value in its range."""
+    from adapters import parse_targets
+    from wise_ft import parse_alphas
+
+    option = args.option
+    classification = option in ("prompt", *TRAINED)
+    used_with = {"peft": ("prompt_finetune",), "mixout": ("finetune",), "calibrate": ("prompt",),
+                 "chat_template": ("prompt",), "wise_ft": ("finetune", "lora", "ia3")}
+    for flag, options in used_with.items():
+        if getattr(args, flag) not in (None, False) and option not in options:
+            what = {"peft": "it adapts the backbone of --option prompt_finetune (the other options have none "
+                            "left to adapt, or are adapters already)"}.get(flag, "it has no meaning elsewhere")
+            raise RunError(f"--{flag} is for --option {' or '.join(options)}: {what}")
+    for flag, default, options in (("shots", 0, ("prompt",)), ("head_init", "random", ("finetune", "lora", "ia3")),
+                                   ("n_virtual_tokens", 20, ("prompt_tuning",)),
+                                   ("prompt_init", "question", ("prompt_tuning",))):
+        if getattr(args, flag) != default and option not in options:
+            raise RunError(f"--{flag} is for --option {' or '.join(options)}")
+    if args.shots < 0:
+        raise RunError(f"--shots must not be negative, got {args.shots}")
+    if args.n_virtual_tokens < 1:
+        raise RunError(f"--n_virtual_tokens must be positive, got {args.n_virtual_tokens}")
+    if not 0 <= args.lora_dropout < 1:
+        raise RunError(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    if args.mixout is not None and not 0 < args.mixout < 1:
+        raise RunError(f"--mixout must be in (0, 1), got {args.mixout}")
+    try:
+        parse_targets(args.lora_targets)
+        alphas = parse_alphas(args.wise_ft) if args.wise_ft is not None else None
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    if alphas is not None and args.head_init != "label_words":
+        raise RunError("--wise_ft interpolates from the zero-shot classifier: add --head_init label_words")
+    if alphas is not None and args.checkpoint_in is not None:
+        raise RunError("--wise_ft sweeps after training: leave out --checkpoint_in")
+    if args.stratified and args.limit is None:
+        raise RunError("--stratified draws --limit examples: give --limit N")
+    if args.advanced and not classification:
+        raise RunError("--advanced names classification outputs: use it with a classification --option")
 
 
 def validate_pretrain(args) -> None:

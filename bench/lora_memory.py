@@ -48,7 +48,7 @@ def measure(mode: str, args) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         classifier = common.our_classifier(model, Path(folder), 5, device).train()
     del model
-    TRAINABLE_PARAMETERS[mode](classifier, SimpleNamespace(lora_rank=args.lora_rank, lora_alpha=1.0, lora_targets=("compute_query", "compute_key", "compute_value", "compute_output"), lora_dropout=0.0))
+    TRAINABLE_PARAMETERS[mode](classifier, SimpleNamespace(lora_rank=args.lora_rank, lora_alpha=1.0))
     trainable = [p for p in classifier.parameters() if p.requires_grad]
 
     def train_steps(batch_size: int, seq_len: int, n_steps: int):

@@ -6,6 +6,7 @@ settings objects, never the argparse namespace.
 """
 
 import os
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,13 +148,12 @@ def run_generate(args, device, out_dir: Path) -> dict:
     through the optional min-p and repetition-penalty filters (decoding.py)."""
     import torch
 
-    from decoding import logits_filters
     from training import autocast
 
     model, tokenizer = load_for_inference(args, device)
     prompt = torch.tensor([tokenizer.encode(GENERATION_PROMPT, bos=True, eos=False)], device=device)
     for temperature, name in ((0.0, args.generated_sentence_low_temp_out), (1.0, args.generated_sentence_high_temp_out)):
-        with autocast(device), logits_filters(model, temperature, args.min_p, args.repetition_penalty):
+        with autocast(device), decoding_filters(model, temperature, args):
             tokens = model.generate(prompt, max_new_tokens=75, temperature=temperature, epsilon=args.epsilon,
                                     top_k=args.top_k, top_p=args.top_p)
         text = tokenizer.decode(tokens[0].tolist())
@@ -162,6 +162,16 @@ def run_generate(args, device, out_dir: Path) -> dict:
         write_atomically(path, text)
         print(f"wrote {path}")
     return {}
+
+
+def decoding_filters(model, temperature: float, args):
+    """min-p and the repetition penalty around generate, when asked for (decoding.py is part of the
+    A+ work: a student skeleton does not have it, and plain generation needs nothing of it)."""
+    if args.min_p is None and args.repetition_penalty is None:
+        return nullcontext()
+    from decoding import logits_filters
+
+    return logits_filters(model, temperature, args.min_p, args.repetition_penalty)
 
 
 def run_chat_option(args, device) -> dict:

@@ -28,6 +28,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim) divided by the root of (the mean of its squares over the last axis + eps).
+        forward calls it in float32 and applies the weight."""
         # BEGIN SOLUTION
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         # END SOLUTION
@@ -48,6 +50,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim) centred on its mean over the last axis, divided by sqrt(variance + eps),
+        the variance biased (the mean of squared deviations). forward applies weight and bias."""
         # BEGIN SOLUTION
         mean = x.mean(-1, keepdim=True)
         variance = (x - mean).pow(2).mean(-1, keepdim=True)
@@ -131,12 +135,15 @@ class Attention(nn.Module):
 
     def compute_query_key_value_scores(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                        mask: torch.Tensor | None = None) -> torch.Tensor:
-        """softmax(Q K^T / sqrt(head_dim)) V for query, key, value of shape (B, n_heads, T, head_dim).
+        """softmax(Q K^T / sqrt(head_dim)) V for query (B, n_heads, T, head_dim) and key, value
+        (B, n_heads, S, head_dim); returns (B, n_heads, T, head_dim).
 
         Dividing by sqrt(head_dim) keeps the dot products at unit variance, so the softmax
         does not saturate (Vaswani et al. 2017, Sec. 3.2.1). `mask` (broadcastable to
-        (B, n_heads, T, S)) is True where attention is allowed; None means plain causal.
-        Returns (B, n_heads, T, head_dim).
+        (B, n_heads, T, S)) is True where attention is allowed; None means causal: with a KV
+        cache the T queries are the last of the S positions, so take causal_mask(T, S). A score
+        that is not allowed becomes -inf before the softmax, which is computed in float32 (and
+        cast back). The probabilities then go through self.attn_dropout before weighting V.
         """
         # BEGIN SOLUTION
         if mask is None:
@@ -150,7 +157,22 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim). `positions` and `mask` come from Llama.forward."""
+        """x (B, T, dim) -> (B, T, dim): every token gathers information from the tokens before it.
+
+        1. Project x to queries (n_heads heads) and keys and values (n_kv_heads heads each), as
+           (B, T, heads, head_dim), and rotate queries and keys with apply_rotary_emb at
+           `positions` (None: 0..T-1; Llama.forward passes (T,) positions after a KV cache's, or
+           (B, T) per-row positions for a padded batch).
+        2. Move the heads in front, (B, heads, T, head_dim). With `kv_cache`, append the new keys
+           and values to it and attend to everything it holds (S >= T positions).
+        3. Grouped-query attention: repeat each key/value head n_rep times with repeat_interleave
+           on the head axis, so kv head j serves query heads j*n_rep .. (j+1)*n_rep - 1.
+        4. Attend, with `mask` (from Llama.forward; None: causal): through the fused kernel when
+           self.fused (config.fused_attention, the default), else through
+           compute_query_key_value_scores.
+        5. Put the heads back side by side, (B, T, n_heads * head_dim), project with
+           compute_output, and apply self.resid_dropout.
+        """
         # BEGIN SOLUTION
         batch_size, seq_len, _ = x.shape
         query = self.compute_query(x).view(batch_size, seq_len, self.n_heads, self.head_dim)
@@ -200,7 +222,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def SwiGLU(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, dim) -> (B, T, hidden_dim)."""
+        """(B, T, dim) -> (B, T, hidden_dim): silu(w1 x) * w3 x, the gated features that forward
+        projects back with w2."""
         # BEGIN SOLUTION
         return F.silu(self.w1(x)) * self.w3(x)
         # END SOLUTION
@@ -225,6 +248,9 @@ class LlamaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim): h = x + attention(attention_norm(x)), then
+        h + feed_forward(ffn_norm(h)). positions, mask and kv_cache are the attention's (this
+        layer's own cache): hand them on."""
         # BEGIN SOLUTION
         h = x + self.attention(self.attention_norm(x), positions, mask, kv_cache)
         return h + self.feed_forward(self.ffn_norm(h))
@@ -254,7 +280,8 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, epsilon: f
     unlikely tail, which is where incoherent continuations come from:
     epsilon sampling drops tokens with p < epsilon (Hewitt et al. 2022), top_k keeps the k
     most likely, top_p keeps the smallest set whose mass reaches top_p (Holtzman et al. 2020).
-    The most likely token always survives, and what is left is renormalised and sampled.
+    The most likely token always survives, and what is left is renormalised and sampled
+    (torch.multinomial). A top_k below 1 or a top_p outside (0, 1] is a ValueError.
     """
     # BEGIN SOLUTION
     if top_k is not None and top_k < 1:
@@ -310,6 +337,17 @@ class Llama(LlamaPreTrainedModel):
         attention_mask (B, S) marks real tokens with 1 and padding with 0 (S = T, or with a
         kv_cache the cached positions plus T); it makes padded batches give the same results
         as unpadded sequences. Without it every token is attended to, as upstream.
+        kv_cache (one KVCache per layer, from new_kv_cache) holds the keys and values of the
+        tokens seen before: `tokens` continue them.
+
+        1. past = the positions already in the cache (0 without one); more than max_seq_len
+           positions in all is a ValueError (RoPE has no angle for them).
+        2. Positions and mask: without attention_mask, positions past .. past + T - 1 and no
+           mask (the attention is causal). With it, a token's position counts the real tokens
+           before it in its row (so left padding shifts nothing; the last T of them), and the
+           mask is padding_aware_mask(attention_mask, T), which keeps pad rows finite.
+        3. Embed, apply self.dropout, run every layer (with its own cache), apply the final
+           norm; the logits are self.output of all positions, or of the last one.
         """
         # BEGIN SOLUTION
         batch_size, seq_len = tokens.shape
@@ -345,6 +383,12 @@ class Llama(LlamaPreTrainedModel):
         a row that stopped repeats its stop token until the others finish.
         With use_cache the keys and values of the prefix are kept (KVCache), so each new token
         costs one position's work; the tokens are the same as without it.
+
+        Every step runs the model on the context (the last max_seq_len tokens and their part of
+        the mask) and picks the next token with sample_next_token(last position's logits,
+        temperature, epsilon, top_k, top_p). With the cache, the first step (or one where the
+        window has slid past max_seq_len, which restarts the positions) encodes the whole
+        window into a fresh cache, new_kv_cache; the other steps feed only the newest token.
         """
         # BEGIN SOLUTION
         batch_size, prompt_len = idx.shape

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import course
 from optimizer import AdamW
 from utils import REPO_ROOT, MissingAssetError, require_file
 
-# variant name -> (reference file, max_grad_norm): LUH's reference is without clipping, CMU 2025's with 0.9
-VARIANTS = {
-    "noclip": ("optimizer_test.npy", None),
-    "clip0.9": ("optimizer_test_clip0.9.npy", 0.9),
-}
+# variant name -> (reference file, max_grad_norm), for the courses of this copy (course.py): LUH's
+# reference is without clipping, CMU 2025's with 0.9.
+VARIANTS = {"noclip" if c.max_grad_norm is None else f"clip{c.max_grad_norm:g}":
+            (c.reference_file(course.OPTIMIZER_REFERENCE), c.max_grad_norm) for c in course.here()}
 
 
 def train_toy_model(max_grad_norm: float | None, opt_class=AdamW, steps: int = 1000) -> torch.Tensor:

@@ -17,20 +17,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import course
+
 MAX_ZIP_BYTES = 10 * 1024 * 1024
-DEFAULT_VARIANT = "layernorm"  # "rmsnorm": the LUH course; "layernorm": the 2025 CMU course
+DEFAULT_VARIANT = course.default().name  # this skeleton's course ("rmsnorm": LUH, "layernorm": CMU 2025)
 
-_RUNS = {"rmsnorm": ("prompting", "finetuning"), "layernorm": ("prompting", "finetuning", "lora")}
-_CODE = {"rmsnorm": ("run_llama.py", "llama.py", "rope.py", "optimizer.py", "classifier.py"),
-         "layernorm": ("run_llama.py", "llama.py", "rope.py", "optimizer.py", "classifier.py", "lora.py")}
-
-# What each course's upstream prepare_submit.py requires (plus the files holding your code).
-REQUIRED_FILES = {
-    variant: frozenset({*_CODE[variant], "generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt",
-                        *(f"{data}-{split}-{run}-output.txt" for data in ("sst", "cfimdb")
-                          for split in ("dev", "test") for run in _RUNS[variant])})
-    for variant in _RUNS
-}
+# What each course's upstream prepare_submit.py requires (plus the files holding your code): course.py.
+REQUIRED_FILES = {c.name: frozenset(c.student_code) | c.output_files() for c in course.COURSES.values()}
 # The outputs of the optional advanced (A+) work: all four or none.
 ADVANCED_FILES = frozenset(f"{data}-{split}-advanced-output.txt" for data in ("sst", "cfimdb")
                            for split in ("dev", "test"))
@@ -38,7 +31,8 @@ OPTIONAL_FILES = ADVANCED_FILES | {"feedback.txt"}  # and ANDREWID-report.pdf
 
 # Never zipped when creating from a folder: environments, caches, data, checkpoints, other zips.
 SKIPPED_DIRS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ipynb_checkpoints", "data", "runs"}
-SKIPPED_SUFFIXES = (".zip", ".pt", ".pth", ".bin", ".gguf", ".safetensors", ".pyc", ".ckpt")
+SKIPPED_SUFFIXES = (".zip", ".pt", ".pth", ".bin", ".gguf", ".safetensors", ".pyc", ".ckpt",
+                    ".tmp", ".part")  # and temporary files, e.g. an interrupted save's .NAME.pt.PID.tmp
 ANDREW_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
@@ -59,31 +53,53 @@ def files_to_zip(folder: Path) -> list[Path]:
 
 
 def create_zip(folder: Path, andrew_id: str, variant: str, zip_path: Path) -> Path:
-    """Zip `folder` as ANDREWID/... after checking that every required file is in it."""
+    """Zip `folder` as ANDREWID/... after checking that every required file is in it, then check
+    the zip (check_zip). Nothing is left at zip_path unless the zip passes: it is written to a
+    temporary file beside it, which replaces zip_path only then."""
     files = files_to_zip(folder)
     missing = REQUIRED_FILES[variant] - {path.as_posix() for path in files}
     if missing:
         raise SubmissionError(f"required file(s) missing in {folder}:\n  " + "\n  ".join(sorted(missing)))
     zip_path = zip_path.resolve()
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in files:
-            if (folder / path).resolve() != zip_path:
-                archive.write(folder / path, f"{andrew_id}/{path.as_posix()}")
+    temporary = zip_path.with_name(f".{zip_path.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for path in files:
+                if (folder / path).resolve() != zip_path:
+                    archive.write(folder / path, f"{andrew_id}/{path.as_posix()}")
+        check_zip(temporary, andrew_id, variant, shown_as=zip_path)
+        os.replace(temporary, zip_path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return zip_path
 
 
-def check_zip(zip_path: Path, andrew_id: str, variant: str) -> list[str]:
-    """Raise SubmissionError naming every problem; return the files inside (without the folder)."""
+def largest_entries(infos: list[zipfile.ZipInfo], excess: int) -> list[str]:
+    """The biggest entries (by compressed size) whose removal brings the zip `excess` bytes down."""
+    named, removed = [], 0
+    for info in sorted(infos, key=lambda info: info.compress_size, reverse=True):
+        if removed >= excess:
+            break
+        named.append(f"{info.filename} ({info.compress_size / 2**20:.1f} MB)")
+        removed += info.compress_size
+    return named
+
+
+def check_zip(zip_path: Path, andrew_id: str, variant: str, shown_as: Path | None = None) -> list[str]:
+    """Raise SubmissionError naming every problem (with `shown_as` as the zip's name, default
+    zip_path); return the files inside (without the folder)."""
     problems = []
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            infos = [info for info in archive.infolist() if not info.is_dir()]
+    except zipfile.BadZipFile:
+        raise SubmissionError(f"{shown_as or zip_path} is not a zip file") from None
+    names = [info.filename for info in infos]
     size = zip_path.stat().st_size
     if size > MAX_ZIP_BYTES:
         problems.append(f"the zip is {size / 2**20:.1f} MB; the limit is {MAX_ZIP_BYTES / 2**20:.0f} MB "
-                        "(leave checkpoints and data out)")
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            names = [info.filename for info in archive.infolist() if not info.is_dir()]
-    except zipfile.BadZipFile:
-        raise SubmissionError(f"{zip_path} is not a zip file") from None
+                        "(leave checkpoints and data out); the largest files:\n  "
+                        + "\n  ".join(largest_entries(infos, size - MAX_ZIP_BYTES)))
 
     # Upstream ignores entries starting with "_" (e.g. macOS's __MACOSX/ folder).
     names = [name for name in names if not name.startswith("_")]
@@ -102,7 +118,7 @@ def check_zip(zip_path: Path, andrew_id: str, variant: str) -> list[str]:
     if missing:
         problems.append("required file(s) missing:\n  " + "\n  ".join(sorted(missing)))
     if problems:
-        raise SubmissionError(f"{zip_path} is not a valid submission:\n- " + "\n- ".join(problems))
+        raise SubmissionError(f"{shown_as or zip_path} is not a valid submission:\n- " + "\n- ".join(problems))
     return sorted(inside)
 
 

@@ -48,8 +48,11 @@ def apply_rotary_emb(query: torch.Tensor, key: torch.Tensor, head_dim: int, max_
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate query (B, T, n_heads, head_dim) and key (B, T, n_kv_heads, head_dim).
 
-    `positions` gives each token's position: None means 0..T-1; a (T,) tensor is shared by
-    the batch; a (B, T) tensor gives every row its own (left-padded rows start later).
+    `positions` gives each token's position: None means 0..T-1 (T beyond max_seq_len is a
+    ValueError); a (T,) tensor is shared by the batch; a (B, T) tensor gives every row its own
+    (left-padded rows start later). Look the angles' cos and sin up at those positions in
+    precompute_freqs_cos_sin's tables, view them with reshape_for_broadcast, and rotate every
+    pair (x[2i], x[2i+1]) by [[cos, -sin], [sin, cos]], in float32.
     Returns the rotated (query, key) with the input shapes and dtype.
     """
     # BEGIN SOLUTION

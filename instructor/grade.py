@@ -44,35 +44,31 @@ from unpack import ArchiveLimits, Rejected, code_root, safe_copy_folder, safe_ex
 
 INSTRUCTOR_DIR = Path(__file__).resolve().parent
 REPO_ROOT = INSTRUCTOR_DIR.parent
+sys.path.insert(0, str(REPO_ROOT))
+from course import COURSES, OPTIMIZER_REFERENCE, ROPE_REFERENCE, SANITY_REFERENCE  # noqa: E402
 
 # The instructor's copies of the checks, run against the submission's modules.
 HARNESS_FILES = [REPO_ROOT / "rope_test.py", REPO_ROOT / "optimizer_test.py", REPO_ROOT / "sanity_check.py",
+                 REPO_ROOT / "course.py",  # the checks read the course table
                  INSTRUCTOR_DIR / "grader_probe.py", INSTRUCTOR_DIR / "drawn_inputs.py"]
 # Modules students do not write: taken from the solution when a submission lacks them.
 SUPPORT_MODULES = ["config.py", "base_llama.py", "utils.py", "checkpoints.py", "tokenizer.py"]
 
-# Upstream reference accuracies (DESIGN.md, mean of 10 seeds) and the rubric's tolerances.
-REFERENCE_ACCURACY = {
-    "rmsnorm": {("sst", "prompting"): {"dev": 0.213, "test": 0.224}, ("cfimdb", "prompting"): {"dev": 0.502},
-                ("sst", "finetuning"): {"dev": 0.414, "test": 0.418}, ("cfimdb", "finetuning"): {"dev": 0.800}},
-    "layernorm": {("sst", "prompting"): {"dev": 0.237, "test": 0.250}, ("cfimdb", "prompting"): {"dev": 0.490},
-                  ("sst", "finetuning"): {"dev": 0.411, "test": 0.399}, ("cfimdb", "finetuning"): {"dev": 0.833},
-                  ("sst", "lora"): {"dev": 0.275, "test": 0.269}, ("cfimdb", "lora"): {"dev": 0.510}},
-}
+# The course variants (course.py): upstream reference accuracies (DESIGN.md, mean of 10 seeds), the
+# norm of the sanity reference and the max_grad_norm of the optimizer reference; and the rubric's tolerances.
+REFERENCE_ACCURACY = {name: c.reference_accuracy() for name, c in COURSES.items()}
 TOLERANCE = {"sst": 0.05, "cfimdb": 0.15}
-# variant -> (norm of the sanity reference, max_grad_norm of the optimizer reference)
-VARIANT_CHECKS = {"rmsnorm": ("rmsnorm", None), "layernorm": ("layernorm", 0.9)}
-REFERENCE_FILES = {"rope": "rotary_embedding_actual.data", "optimizer": {None: "optimizer_test.npy",
-                                                                          0.9: "optimizer_test_clip0.9.npy"},
-                   "sanity": {"rmsnorm": "sanity_check_rmsnorm.data", "layernorm": "sanity_check_layernorm.data"}}
+VARIANT_CHECKS = {name: (c.norm, c.max_grad_norm) for name, c in COURSES.items()}
+REFERENCE_FILES = {"rope": ROPE_REFERENCE,
+                   "optimizer": {c.max_grad_norm: c.explicit_reference(OPTIMIZER_REFERENCE) for c in COURSES.values()},
+                   "sanity": {c.norm: c.explicit_reference(SANITY_REFERENCE) for c in COURSES.values()}}
 GENERATION_FILES = ["generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"]
 MAX_TEXT_BYTES = 20 * 2**20  # a prediction or generation file larger than this is not read
 # The course's checkpoint: the only one the upstream sanity references were made with.
 UPSTREAM_CHECKPOINT = REPO_ROOT / "stories42M.pt"
 # The reference files under every name they ship with (the skeleton uses the upstream names):
 # deleted from the copy a check runs on.
-SHIPPED_REFERENCES = ["rotary_embedding_actual.data", "optimizer_test.npy", "optimizer_test_clip0.9.npy",
-                      "sanity_check.data", "sanity_check_rmsnorm.data", "sanity_check_layernorm.data"]
+SHIPPED_REFERENCES = sorted({name for c in COURSES.values() for pair in c.references for name in pair})
 
 
 # ----------------------------------------------------------------------------- predictions

@@ -11,20 +11,19 @@ In the skeleton the lines from BEGIN to END become `# todo` and `raise NotImplem
 the same indentation, so the signature and the docstring that teaches the piece stay. A region is
 named by its file and the function around it, e.g. `llama.py:RMSNorm._norm`.
 
-A course *variant* is more than a set of regions (see VARIANTS):
-  rmsnorm    the LUH course: RMSNorm, generate(idx, max_new_tokens, temperature) with plain
-             temperature sampling (epsilon defaults to 0), AdamW without `max_grad_norm`, no
-             lora.py and no `--option lora`
-  layernorm  the 2025 CMU course: LayerNorm by default, LoRA, epsilon sampling, clipping
-Each variant ships its grader reference files under the upstream names (`optimizer_test.npy`,
-`sanity_check.data`), lists exactly those in its setup.sh asset table and assets.sha256 (so that
-setup.sh lays out and verifies the course's own files), and rewrites a few constants, defaults,
-parameters and statements so its code and checks match the course. The Python rewrites are made
-on the syntax tree's positions (constants, parameter defaults, argparse choices, a parameter, a
-keyword argument, the statements using a name, docstring paragraphs), never by searching raw
-text; they see the whole solution, before the regions are blanked. A rewrite whose target is
-missing is an error: when a source file changes shape, this tool says so instead of shipping a
-half-rewritten file.
+A course *variant* is more than a set of regions. Its facts are its entry in course.py (the one
+table every tool reads): rmsnorm, the LUH course (RMSNorm, plain temperature sampling, AdamW
+without clipping, no LoRA), and layernorm, the 2025 CMU course (LayerNorm, epsilon sampling,
+clipping, LoRA). From them this tool derives what the skeleton ships (course_rewrites): the
+course's name in course.py, its grader reference files under the upstream names
+(`optimizer_test.npy`, `sanity_check.data`), listed alone in its setup.sh asset table and
+assets.sha256 (so that setup.sh lays out and verifies the course's own files), its `--option`
+values, its method modules (no lora.py for LUH), and a few constants, defaults, parameters and
+statements so its code matches the course. The Python rewrites are made on the syntax tree's
+positions (constants, parameter defaults, argparse choices, a parameter, a keyword argument, the
+statements using a name, docstring paragraphs), never by searching raw text; they see the whole
+solution, before the regions are blanked. A rewrite whose target is missing is an error: when a
+source file changes shape, this tool says so instead of shipping a half-rewritten file.
 
 Lines only one variant should see can also be fenced in the source:
         # BEGIN VARIANT layernorm
@@ -33,9 +32,13 @@ Lines only one variant should see can also be fenced in the source:
 The fenced lines are kept in the named variant(s) (comma-separated) and dropped from the others;
 the two marker lines are always dropped. On `main` they are plain comments.
 
-Left out of the skeleton: the instructor tools, the benchmarks, and the pytest suite (it tests
-internals against the solution), except `tests/student/`, the checks students run themselves.
-Every Python file written is parsed and compiled before the tool reports success.
+Only files git tracks ship (so make the skeleton from a git checkout): never untracked files of
+the instructor's checkout. Left out: the instructor tools, the benchmarks, and the pytest suite
+(it tests internals against the solution), except `tests/student/`, the checks students run
+themselves. structure.md is the solution's, without what the course does not ship
+(skeleton_docs.py); the README is written for the course. Every Python file written is parsed and
+compiled before the tool reports success. instructor/fill_skeleton.py puts the solution back into
+a skeleton's todos, to check the skeleton.
 """
 
 import argparse
@@ -52,6 +55,9 @@ from pathlib import Path
 from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # course.py, the table of the course variants
+from course import COURSES, Course, method_modules  # noqa: E402
+from skeleton_docs import skeleton_structure, student_readme  # noqa: E402
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 VARIANT_BEGIN, VARIANT_END = "# BEGIN VARIANT", "# END VARIANT"
@@ -59,6 +65,7 @@ VARIANT_BEGIN, VARIANT_END = "# BEGIN VARIANT", "# END VARIANT"
 # Paths (relative, POSIX) that never reach students; a folder excludes everything under it.
 INSTRUCTOR_ONLY = ("instructor/", "bench/", ".ci/", "tests/")
 STUDENT_TESTS = "tests/student/"  # the one part of tests/ that ships
+STRUCTURE = "structure.md"  # the students' guide to the files: only what their course ships
 
 
 class SkeletonError(ValueError):
@@ -287,24 +294,20 @@ def _keyword(call: ast.Call, name: str, flag: str) -> ast.keyword:
     raise LookupError(f"add_argument({flag!r}) has no {name}=")
 
 
-def remove_cli_choice(flag: str, choice: str) -> Callable[[str], str]:
-    """Drop one value from the literal `choices=[...]` of an argparse option."""
+def keep_cli_choices(flag: str, kept: tuple[str, ...]) -> Callable[[str], str]:
+    """Keep only the values `kept` in the literal `choices=[...]` of an argparse option. Choices
+    computed from course.py (course.shipped_options) are already the course's: left as they are."""
     def rewrite(source: str) -> str:
         choices = _keyword(_add_argument_call(ast.parse(source), flag), "choices", flag).value
-        values = ast.literal_eval(choices)
-        if choice not in values:
-            raise LookupError(f"{flag} has no choice {choice!r}")
-        return _replace_node(source, choices, literal(type(values)(v for v in values if v != choice)))
-    rewrite.description = f"{flag} without the choice {choice!r}"
-    return rewrite
-
-
-def set_cli_default(flag: str, value) -> Callable[[str], str]:
-    """Rewrite the `default=` of an argparse option."""
-    def rewrite(source: str) -> str:
-        default = _keyword(_add_argument_call(ast.parse(source), flag), "default", flag).value
-        return _replace_node(source, default, literal(value))
-    rewrite.description = f"{flag} defaults to {value!r}"
+        try:
+            values = ast.literal_eval(choices)
+        except ValueError:
+            return source
+        absent = [value for value in kept if value not in values]
+        if absent:
+            raise LookupError(f"{flag} has no choice {absent}")
+        return _replace_node(source, choices, literal(type(values)(v for v in values if v in kept)))
+    rewrite.description = f"{flag} with only the choices {list(kept)}"
     return rewrite
 
 
@@ -475,44 +478,35 @@ def rename_checksums(renames: dict, drops: set) -> Callable[[str], str]:
 
 @dataclass(frozen=True)
 class Variant:
-    name: str
-    course: str
-    solved: frozenset = frozenset()  # region ids that stay solved: not this course's exercise
-    dropped: frozenset = frozenset()  # files this course does not have
-    references: dict = field(default_factory=dict)  # shipped name -> file in assets/reference
+    """A course (course.py) and the rewrites that make the solution's files that course's."""
+    course: Course
     rewrites: dict = field(default_factory=dict)  # file -> rewrites applied in order
+
+    @property
+    def name(self) -> str:
+        return self.course.name
+
+    @property
+    def solved(self) -> frozenset:  # region ids that stay solved: not this course's exercise
+        return self.course.solved
+
+    @property
+    def dropped(self) -> frozenset:  # files this course does not have: other courses' methods
+        return method_modules() - set(self.course.modules)
+
+    @property
+    def references(self) -> dict:  # shipped (upstream) name -> explicit name in assets/reference
+        return dict(self.course.references)
 
 
 # The grader reference files as the solution keeps them, under explicit names: in setup.sh's asset
 # table, in assets.sha256 and in ../shared/assets/reference.
-REFERENCE_FILES = frozenset({"rotary_embedding_actual.data", "optimizer_test.npy", "optimizer_test_clip0.9.npy",
-                             "sanity_check_rmsnorm.data", "sanity_check_layernorm.data"})
-# What each course ships: upstream name -> file in assets/reference.
-LUH_REFERENCES = {"rotary_embedding_actual.data": "rotary_embedding_actual.data",
-                  "optimizer_test.npy": "optimizer_test.npy",
-                  "sanity_check.data": "sanity_check_rmsnorm.data"}
-CMU_REFERENCES = {"rotary_embedding_actual.data": "rotary_embedding_actual.data",
-                  "optimizer_test.npy": "optimizer_test_clip0.9.npy",
-                  "sanity_check.data": "sanity_check_layernorm.data"}
-
-
-def _common_rewrites(variant: str, references: dict) -> dict:
-    """What every variant rewrites: its name where the tools read it, and the asset table. setup.sh
-    and assets.sha256 list exactly the course's reference files, under the upstream names it ships
-    them as, so that setup.sh lays out (and checks) the course's own files, never the other's."""
-    renames = {original: shipped for shipped, original in references.items()}
-    others = set(REFERENCE_FILES - set(renames))
-    return {
-        "prepare_submit.py": [set_assignment("DEFAULT_VARIANT", variant)],
-        "tests/student/test_your_implementation.py": [set_assignment("COURSE_VARIANT", variant)],
-        "setup.sh": [rename_setup_assets(renames, others)],
-        "assets.sha256": [rename_checksums(renames, others)],
-    }
+REFERENCE_FILES = frozenset(explicit for c in COURSES.values() for _, explicit in c.references)
 
 
 def _adamw_without_clipping() -> list:
-    """The LUH course's AdamW has no gradient clipping: no `max_grad_norm` parameter, default,
-    check or code, and no docstring paragraph about it."""
+    """An AdamW without gradient clipping: no `max_grad_norm` parameter, default, check or code,
+    and no docstring paragraph about it."""
     name = "max_grad_norm"
     return [drop_docstring_paragraphs("", name), drop_docstring_paragraphs("AdamW", name),
             drop_docstring_paragraphs("AdamW.step", name), drop_parameter("AdamW.__init__", name),
@@ -520,37 +514,30 @@ def _adamw_without_clipping() -> list:
             drop_statements("AdamW.step", name)]
 
 
-VARIANTS = {
-    "rmsnorm": Variant(
-        name="rmsnorm",
-        course="the LUH course: RMSNorm, plain temperature sampling, AdamW without clipping, no LoRA",
-        solved=frozenset({"llama.py:LayerNorm._norm"}),
-        dropped=frozenset({"lora.py"}),
-        references=LUH_REFERENCES,
-        rewrites={
-            **_common_rewrites("rmsnorm", LUH_REFERENCES),
-            # generate(idx, max_new_tokens, temperature): epsilon 0 is plain temperature sampling.
-            "llama.py": [set_parameter_default("Llama.generate", "epsilon", 0.0),
-                         set_parameter_default("sample_next_token", "epsilon", 0.0)],
-            "optimizer.py": _adamw_without_clipping(),
-            "optimizer_test.py": [set_assignment("VARIANTS", {"noclip": ("optimizer_test.npy", None)})],
-            "sanity_check.py": [set_assignment("REFERENCES", {"rmsnorm": "sanity_check.data"})],
-            "run_llama.py": [remove_cli_choice("--option", "lora")],
-        },
-    ),
-    "layernorm": Variant(
-        name="layernorm",
-        course="the 2025 CMU course: LayerNorm, LoRA, epsilon sampling, AdamW with gradient clipping",
-        references=CMU_REFERENCES,
-        rewrites={
-            **_common_rewrites("layernorm", CMU_REFERENCES),
-            "config.py": [set_assignment("LlamaConfig.norm_type", "layernorm")],
-            "optimizer_test.py": [set_assignment("VARIANTS", {"clip0.9": ("optimizer_test.npy", 0.9)})],
-            "sanity_check.py": [set_assignment("REFERENCES", {"layernorm": "sanity_check.data"}),
-                                set_cli_default("--norm", "layernorm")],
-        },
-    ),
-}
+def course_rewrites(course: Course) -> dict:
+    """What turns the solution into `course`'s files, all derived from its entry in course.py:
+    course.py names the course (every tool reads it from there); setup.sh and assets.sha256 list
+    exactly its reference files, under the upstream names it ships them as, so that setup.sh lays
+    out (and checks) the course's own files, never the other's; `--option` offers its options;
+    the model's norm and generate's epsilon default to the course's; AdamW loses clipping when the
+    course has none."""
+    renames = {explicit: shipped for shipped, explicit in course.references}
+    others = set(REFERENCE_FILES - set(renames))
+    rewrites = {
+        "course.py": [set_assignment("THIS_COURSE", course.name)],
+        "setup.sh": [rename_setup_assets(renames, others)],
+        "assets.sha256": [rename_checksums(renames, others)],
+        "run_llama.py": [keep_cli_choices("--option", course.options)],
+        "config.py": [set_assignment("LlamaConfig.norm_type", course.norm)],
+        "llama.py": [set_parameter_default("Llama.generate", "epsilon", course.epsilon),
+                     set_parameter_default("sample_next_token", "epsilon", course.epsilon)],
+    }
+    if course.max_grad_norm is None:
+        rewrites["optimizer.py"] = _adamw_without_clipping()
+    return rewrites
+
+
+VARIANTS = {name: Variant(course, course_rewrites(course)) for name, course in COURSES.items()}
 
 
 # ----------------------------------------------------------------------------- the repository
@@ -569,10 +556,19 @@ def find_assets() -> Path | None:
 
 
 def source_files(root: Path = REPO_ROOT) -> list[str]:
-    """The files of the solution that could ship: tracked or untracked but not git-ignored
-    (so setup.sh's assets, outputs and caches never ship), still present on disk."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=root, check=True, capture_output=True, text=True).stdout
+    """The files of the solution that could ship: those git tracks (committed or staged), still
+    present on disk. Untracked files (a scratch data file, a notebook) never ship, nor do
+    setup.sh's assets, outputs and caches, which git ignores."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "-z"], cwd=root, check=True,
+                                capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        raise SkeletonError("git is not installed: the skeleton is made of the files git tracks "
+                            f"in {root}, so this tool needs git") from None
+    except subprocess.CalledProcessError as err:
+        raise SkeletonError(f"{root} is not a git checkout ({err.stderr.strip() or 'git ls-files failed'}): the "
+                            "skeleton ships only the files git tracks, so make it from a clone of the solution "
+                            "(git clone), not from a copy") from None
     return sorted(path for path in set(listed.split("\0")) if path and (root / path).is_file())
 
 
@@ -600,12 +596,11 @@ def _top_level_imports(tree: ast.Module) -> set[str]:
     return names
 
 
-def skeleton_source(source: str, path: str, variant: Variant, blank: set[str]) -> str:
-    """One file of the skeleton. A Python file gets the variant's lines selected and its rewrites
-    made, on the whole solution (so a rewrite always finds its target), then the regions in `blank`
-    emptied; any other file only the variant's rewrites."""
-    python = path.endswith(".py")
-    if python:
+def variant_source(source: str, path: str, variant: Variant) -> str:
+    """One solution file as the variant has it, regions still marked: for a Python file the
+    variant's lines selected, then (any file) its rewrites made, on the whole solution, so that a
+    rewrite always finds its target."""
+    if path.endswith(".py"):
         source = select_variant_lines(source, path, variant.name)
     for rewrite in variant.rewrites.get(path, []):
         try:
@@ -613,7 +608,14 @@ def skeleton_source(source: str, path: str, variant: Variant, blank: set[str]) -
         except LookupError as err:
             raise SkeletonError(f"{path}: cannot apply the {variant.name} rewrite "
                                 f"'{rewrite.description}': {err}") from None
-    return fill_regions(source, find_regions(source, path), blank) if python else source
+    return source
+
+
+def skeleton_source(source: str, path: str, variant: Variant, blank: set[str]) -> str:
+    """One file of the skeleton: the variant's (variant_source), with the regions in `blank`
+    emptied in a Python file."""
+    source = variant_source(source, path, variant)
+    return fill_regions(source, find_regions(source, path), blank) if path.endswith(".py") else source
 
 
 def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None = None,
@@ -631,7 +633,8 @@ def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None
         raise SkeletonError("grader reference files not found: run `bash setup.sh`, set MINLLAMA_ASSETS, "
                             "or pass --assets DIR")
 
-    files = [path for path in source_files(root) if ships(path, variant)]
+    tracked = source_files(root)
+    files = [path for path in tracked if ships(path, variant)]
     missing_targets = set(variant.rewrites) - set(files)
     if missing_targets:
         raise SkeletonError(f"the {variant.name} rewrites need files that are not there: {sorted(missing_targets)}")
@@ -642,10 +645,17 @@ def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None
     if unknown:
         raise SkeletonError(f"no such region(s) in the {variant.name} skeleton: {sorted(unknown)}")
 
+    blanked = [r for r in regions if r.id in blank]
     dropped_modules = {Path(path).stem for path in variant.dropped if path.endswith(".py")}
     for path in files:
         target = out_dir / path
         target.parent.mkdir(parents=True, exist_ok=True)
+        if path == STRUCTURE:
+            absent = [region for dropped in sorted(variant.dropped & set(tracked))
+                      for region in find_regions((root / dropped).read_text(), dropped)]
+            target.write_text(skeleton_structure((root / path).read_text(), variant.course, files,
+                                                 sorted(set(tracked) - set(files)), blanked, absent))
+            continue
         if not path.endswith(".py"):
             if path in variant.rewrites:
                 target.write_text(skeleton_source((root / path).read_text(), path, variant, blank))
@@ -667,63 +677,8 @@ def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None
 
     for shipped, original in variant.references.items():
         shutil.copy2(assets / original, out_dir / shipped)
-    blanked = [r for r in regions if r.id in blank]
-    (out_dir / "README.md").write_text(student_readme(variant, blanked))
+    (out_dir / "README.md").write_text(student_readme(variant.course, blanked))
     return blanked
-
-
-def student_readme(variant: Variant, regions: list[Region]) -> str:
-    todo = "\n".join(f"- `{r.path}`: `{r.function}`" for r in regions)
-    lora = "" if "lora.py" in variant.dropped else (
-        "python run_llama.py --option lora --epochs 5 --lr 2e-5 --batch_size 80 --train data/sst-train.txt "
-        "--dev data/sst-dev.txt --test data/sst-test.txt --label-names data/sst-label-mapping.json "
-        "--dev_out sst-dev-lora-output.txt --test_out sst-test-lora-output.txt --lora_rank 4 --lora_alpha 1.0\n")
-    return f"""# minllama: build Llama 2 from scratch
-
-This is the version of the assignment for {variant.course}. You implement the core of Llama 2
-(Touvron et al. 2023) in PyTorch, load the pretrained 42M-parameter TinyStories model
-`stories42M.pt`, generate text with it, and classify sentiment (SST-5, CFIMDB) by zero-shot
-prompting and by fine-tuning{'' if 'lora.py' in variant.dropped else ' (fully and with LoRA)'}.
-`structure.md` explains every file, the order to work in, and the interface you must keep.
-
-## Set-up
-
-    bash setup.sh            # a .venv with the requirements, the data, tokenizer.model, stories42M.pt
-    . .venv/bin/activate
-
-## What you implement
-
-Each piece below reads `# todo` followed by `raise NotImplementedError`, under a docstring that
-explains the idea. Replace those two lines with your code; keep the names and signatures.
-
-{todo}
-
-## How to check your work
-
-    python -m pytest -q tests/student   # one quick test per piece, on small random models
-    python rope_test.py                 # prints "Rotary embedding test passed!"
-    python optimizer_test.py            # prints "Optimizer test passed!"
-    python sanity_check.py              # prints "Your Llama implementation is correct!" (needs stories42M.pt)
-
-A test that fails with `NotImplementedError` points at a piece that is still a todo.
-
-## Running the assignment
-
-    python run_llama.py --option generate
-    python run_llama.py --option prompt --batch_size 10 --train data/sst-train.txt --dev data/sst-dev.txt --test data/sst-test.txt --label-names data/sst-label-mapping.json --dev_out sst-dev-prompting-output.txt --test_out sst-test-prompting-output.txt
-    python run_llama.py --option finetune --epochs 5 --lr 2e-5 --batch_size 80 --train data/sst-train.txt --dev data/sst-dev.txt --test data/sst-test.txt --label-names data/sst-label-mapping.json --dev_out sst-dev-finetuning-output.txt --test_out sst-test-finetuning-output.txt
-    {lora}
-Run the same with the `cfimdb` files (`--batch_size 10` for fine-tuning). `data/cfimdb-test.txt`
-has placeholder labels, so its accuracy means nothing.
-
-## Submitting
-
-    python prepare_submit.py . ANDREWID       # writes ANDREWID.zip and checks it
-    python prepare_submit.py ANDREWID.zip ANDREWID
-
-The zip holds one folder named after your Andrew ID with your code and output files, at most 10 MB
-(no checkpoints: link to them in your report if you need to).
-"""
 
 
 def main() -> int:

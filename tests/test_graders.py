@@ -156,6 +156,15 @@ def test_sanity_check_fails_on_perturbed_weights(tiny_checkout):
     assert_failed(run(tiny_checkout, "sanity_check.py"), "hidden_states differ", "FAILED")
 
 
+def test_sanity_check_says_a_small_vocabulary_cannot_take_its_input(tiny_checkout):
+    """stories260K.bin has 512 tokens; the sanity batch uses ids up to 17953."""
+    torch.manual_seed(0)
+    small, args = tiny_checkout / "small.pt", dict(TINY, vocab_size=512)
+    torch.save({"model_args": args, "model": Llama(LlamaConfig(**args)).state_dict()}, small)
+    assert_failed(run(tiny_checkout, "sanity_check.py", "--checkpoint", small),
+                  "vocabulary of 512 tokens", "up to 17953", "stories42M.pt")
+
+
 def test_sanity_check_fails_with_the_other_norm(tiny_checkout):
     result = run(tiny_checkout, "sanity_check.py", "--norm", "layernorm", "--reference", REFERENCES["rmsnorm"])
     assert_failed(result, "FAILED (norm layernorm")

@@ -13,6 +13,7 @@ import ast
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,10 +29,12 @@ from llama import Llama
 from utils import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "instructor"))
+import fill_skeleton  # noqa: E402
 import make_reference  # noqa: E402
 import make_skeleton as ms  # noqa: E402
 
 import prepare_submit  # noqa: E402
+from student_mutations import MUTATIONS  # noqa: E402
 
 # DESIGN.md, "Student-facing names": every one of them must be a region.
 STUDENT_FACING = {
@@ -41,6 +44,7 @@ STUDENT_FACING = {
     "classifier.py:LlamaEmbeddingClassifier.forward", "lora.py:LoRALayer.forward",
 }
 STUDENT_CHECKS = ["-q", "-p", "no:cacheprovider", "tests/student"]  # pytest arguments, in a tree
+MUTATED_COURSE = "layernorm"  # the course whose skeleton has every region: the mutations run on it
 
 
 def missing(what: str):
@@ -138,12 +142,15 @@ def test_syntax_tree_rewrites():
     out = ms.set_assignment("X", {"b": ("f", None)})(source)
     out = ms.set_assignment("C.n", "layernorm")(out)
     out = ms.set_parameter_default("g", "b", 0.0)(out)
-    out = ms.remove_cli_choice("--o", "lora")(out)
-    out = ms.set_cli_default("--o", "q")(out)
+    out = ms.keep_cli_choices("--o", ("p",))(out)
     assert 'X = {"b": ("f", None)}  # keep me' in out and 'n: str = "layernorm"' in out
-    assert "def g(a, b=0.0, *, c=\"x\")" in out and 'choices=["p"], default="q"' in out
+    assert "def g(a, b=0.0, *, c=\"x\")" in out and 'choices=["p"], default="p"' in out
     with pytest.raises(LookupError):
         ms.set_assignment("Y", 1)(source)
+    with pytest.raises(LookupError, match="no choice"):
+        ms.keep_cli_choices("--o", ("p", "ia3"))(source)
+    computed = 'p.add_argument("--o", choices=course.shipped_options(OPTIONS))\n'  # already the course's
+    assert ms.keep_cli_choices("--o", ("p",))(computed) == computed
 
 
 OPTION_SOURCE = '''\
@@ -220,6 +227,7 @@ def test_each_variant_ships_reference_files_the_solution_keeps():
     for spec in ms.VARIANTS.values():
         assert set(spec.references.values()) <= ms.REFERENCE_FILES
         assert {"optimizer_test.npy", "sanity_check.data", "rotary_embedding_actual.data"} == set(spec.references)
+    assert ms.REFERENCE_FILES == {path.name for path in (asset_mirror() / "reference").iterdir()}
 
 
 # ----------------------------------------------------------------------------- the skeletons
@@ -249,6 +257,7 @@ class Course:
     skeleton_checks: dict
     solved_checks: dict
     coverage: dict  # region id -> the student checks with only that region a todo
+    mutants: dict  # index in MUTATIONS -> the student checks it should fail (MUTATED_COURSE only)
 
 
 @pytest.fixture(scope="module", params=list(ms.VARIANTS))
@@ -275,17 +284,45 @@ def course(request, tmp_path_factory, tiny_checkpoint) -> Course:
         single[region.id] = folder / f"region{number}"
         ms.build(single[region.id], variant, blank={region.id}, assets=reference_files)
 
-    norm = "rmsnorm" if variant == "rmsnorm" else "layernorm"
+    mutants = {}
+    for number, mutation in enumerate(MUTATIONS if variant == MUTATED_COURSE else []):
+        mutants[number] = folder / f"mutant{number}"
+        shutil.copytree(solved, mutants[number])
+        mutate(mutants[number], mutation)
+
+    norm = spec.course.norm
     sanity = ["sanity_check.py", "--checkpoint", str(checkpoint)]
-    jobs = [{"tree": str(skeleton), "imports": True, "scripts": [["rope_test.py"], ["optimizer_test.py"], sanity],
+    jobs = [{"tree": str(skeleton), "imports": True,
+             "scripts": [["rope_test.py"], ["optimizer_test.py"], sanity, ["run_llama.py", "-h"]],
              "pytest": STUDENT_CHECKS},
             {"tree": str(solved), "scripts": [["rope_test.py"], ["optimizer_test.py"],
                                               sanity + ["--reference", str(references / f"sanity_check_{norm}.data")]],
              "pytest": STUDENT_CHECKS}]
-    jobs += [{"tree": str(tree), "pytest": STUDENT_CHECKS + ["-x"]} for tree in single.values()]
-    skeleton_checks, solved_checks, *coverage = check_trees(jobs, folder)
+    jobs += [{"tree": str(tree), "pytest": STUDENT_CHECKS + ["-x", *checks_of(region)]} for region, tree in single.items()]
+    jobs += [{"tree": str(tree), "pytest": STUDENT_CHECKS + ["-k", MUTATIONS[number].caught_by]}
+             for number, tree in mutants.items()]
+    skeleton_checks, solved_checks, *rest = check_trees(jobs, folder)
     return Course(variant, spec, mirror, skeleton, blanked, setup, skeleton_checks, solved_checks,
-                  dict(zip(single, coverage)))
+                  dict(zip(single, rest[:len(single)])), dict(zip(mutants, rest[len(single):])))
+
+
+def checks_of(region: str) -> list[str]:
+    """pytest arguments selecting the student checks that tests/student_mutations.py names for a
+    region (all of them for a region it does not know), so that a todo there is looked for only
+    where it would show."""
+    names = [f"({m.caught_by})" for m in MUTATIONS if f"{m.path}:{m.region}" == region]
+    return ["-k", " or ".join(names)] if names else []
+
+
+def mutate(tree: Path, mutation) -> None:
+    """Break one behaviour in a copy of the solution: each replacement must match exactly once."""
+    path = tree / mutation.path
+    text = path.read_text()
+    for old, new in mutation.replacements:
+        assert text.count(old) == 1, (f"mutation '{mutation.behaviour}' of {mutation.region}: {old!r} occurs "
+                                      f"{text.count(old)} times in {mutation.path}; update tests/student_mutations.py")
+        text = text.replace(old, new)
+    path.write_text(text)
 
 
 def test_skeleton_builds_imports_and_fails_exactly_at_the_todos(course):
@@ -302,7 +339,7 @@ def test_skeleton_builds_imports_and_fails_exactly_at_the_todos(course):
     assert not course.skeleton_checks["import_errors"], course.skeleton_checks["import_errors"]
 
     # The grader checks run and stop at the todos.
-    for script in course.skeleton_checks["scripts"]:
+    for script in course.skeleton_checks["scripts"][:3]:
         assert script["exit"] != 0 and "NotImplementedError" in script["output"], script
     # Every student check that fails, fails with NotImplementedError.
     student = course.skeleton_checks["pytest"]
@@ -341,8 +378,45 @@ def test_each_course_has_its_interfaces(course):
     defaults = dict(zip([a.arg for a in generate.args[-len(generate.defaults):]],
                         [ast.literal_eval(d) for d in generate.defaults]))
     assert defaults["temperature"] == 1.0 and defaults["epsilon"] == (0.0 if luh else 0.05)
-    option = ms._add_argument_call(ast.parse((course.skeleton / "run_llama.py").read_text()), "--option")
-    assert ("lora" in ast.literal_eval(ms._keyword(option, "choices", "--option").value)) != luh
+    help_text = course.skeleton_checks["scripts"][3]  # run_llama.py -h
+    assert help_text["exit"] == 0, help_text
+    offered = help_text["output"].split("--option {", 1)[1].split("}", 1)[0].split(",")
+    assert offered == list(course.spec.course.options)
+    assert ("lora" in offered) != luh
+
+
+def test_skeleton_structure_shows_only_what_the_course_ships(course):
+    """structure.md lists no folder or file the skeleton lacks, and the pieces to implement are
+    exactly the skeleton's todos; the LUH one says nothing of LoRA's file, option or layer."""
+    text = (course.skeleton / "structure.md").read_text()
+    for absent in ("`tests/`", "`bench/`", "`instructor/`"):
+        assert absent not in text
+    assert "`tests/student/`" in text
+    luh = course.variant == "rmsnorm"
+    for lora in ("lora.py", "--option lora", "LoRALayer"):
+        assert (lora in text) != luh, lora
+    assert ("`LayerNorm._norm`" in text.split("## In what order")[0]) != luh  # the LUH course's is solved
+    assert "| `tokenizer.py` |" in text and "| `config.py` |" in text
+
+
+def test_fill_skeleton_puts_back_exactly_the_solution(course, tmp_path):
+    """fill_skeleton.py on the skeleton gives, file for file, the skeleton built with no todo."""
+    filled, solved = tmp_path / "filled", course.skeleton.parent / "solved"
+    shutil.copytree(course.skeleton, filled)
+    ids = fill_skeleton.fill(filled)
+    assert sorted(ids) == sorted(r.id for r in course.blanked)
+    for path in solved.rglob("*.py"):
+        assert (filled / path.relative_to(solved)).read_text() == path.read_text(), path
+    assert fill_skeleton.fill(filled) == []  # nothing left to fill
+
+
+def test_fill_skeleton_names_a_todo_without_a_solution(tmp_path):
+    (tmp_path / "course.py").write_text('THIS_COURSE = "rmsnorm"\n')
+    (tmp_path / "llama.py").write_text("def invented():\n    # todo\n    raise NotImplementedError\n")
+    with pytest.raises(ms.SkeletonError, match="llama.py:invented"):
+        fill_skeleton.fill(tmp_path)
+    with pytest.raises(ms.SkeletonError, match="no course.py"):
+        fill_skeleton.fill(tmp_path / "llama.py")
 
 
 def test_filled_skeleton_passes_every_check(course):
@@ -352,14 +426,54 @@ def test_filled_skeleton_passes_every_check(course):
 
 
 def test_every_region_is_covered_by_a_student_check(course):
-    """Only one region a todo -> the student checks fail, first with NotImplementedError. An
-    uncovered region fails this test by name."""
+    """Only one region a todo -> the student checks named for it in tests/student_mutations.py (all
+    of them for a region it does not name) fail, first with NotImplementedError. An uncovered
+    region fails this test by name."""
     def caught(result: dict) -> bool:
         failures = result["pytest"]["failures"]
         return bool(failures) and "NotImplementedError" in failures[0]["text"]
 
     uncovered = [region for region, result in course.coverage.items() if not caught(result)]
     assert not uncovered, f"no student check fails when only these regions are missing: {uncovered}"
+
+
+def test_every_behaviour_the_pipelines_need_is_caught_by_a_student_check(course):
+    """Each entry of tests/student_mutations.py breaks one behaviour in a copy of the solution: the
+    student checks it names must then fail. A behaviour no check notices fails this test by name."""
+    if course.variant != MUTATED_COURSE:
+        pytest.skip(f"the mutations run on the {MUTATED_COURSE} skeleton, which has every region")
+    assert {f"{m.path}:{m.region}" for m in MUTATIONS} == {r.id for r in course.blanked}  # every region
+    survivors = [f"{MUTATIONS[n].region}: {MUTATIONS[n].behaviour} (-k {MUTATIONS[n].caught_by!r})"
+                 for n, result in course.mutants.items()
+                 if result["pytest"]["exit"] != 1 or not result["pytest"]["failures"]]
+    assert not survivors, f"no student check notices these broken behaviours: {survivors}"
+
+
+# ----------------------------------------------------------------------------- the repository
+
+def _git_repository(folder: Path) -> Path:
+    folder.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+    (folder / "tracked.py").write_text("x = 1\n")
+    subprocess.run(["git", "add", "tracked.py"], cwd=folder, check=True)
+    (folder / "scratch.txt").write_text("an instructor's note\n")  # untracked, not ignored
+    return folder
+
+
+def test_skeleton_ships_only_tracked_files(tmp_path):
+    assert ms.source_files(_git_repository(tmp_path / "repo")) == ["tracked.py"]
+
+
+def test_make_skeleton_outside_a_git_checkout_says_so(tmp_path):
+    copy = tmp_path / "copy"
+    (copy / "instructor").mkdir(parents=True)
+    for name in ("instructor/make_skeleton.py", "instructor/skeleton_docs.py", "course.py"):
+        shutil.copy(REPO_ROOT / name, copy / name)
+    result = subprocess.run([sys.executable, str(copy / "instructor" / "make_skeleton.py"), str(tmp_path / "out"),
+                             "--assets", str(assets())], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "not a git checkout" in result.stderr and "git clone" in result.stderr
 
 
 # ----------------------------------------------------------------------------- reference files
@@ -428,4 +542,19 @@ def test_prepare_submit_names_what_is_wrong(tmp_path):
             archive.writestr(f"abc1/{name}", "x")
         archive.writestr("abc1/weights.npy", os.urandom(11 * 2**20))
     result = _prepare(big, "abc1", "--variant", "rmsnorm", cwd=tmp_path)
-    assert result.returncode == 1 and "10 MB" in result.stderr
+    assert result.returncode == 1 and "10 MB" in result.stderr and "abc1/weights.npy (11.0 MB)" in result.stderr
+
+
+def test_prepare_submit_skips_temporary_files_and_leaves_no_zip_behind(tmp_path):
+    folder = _student_folder(tmp_path / "repo", "rmsnorm")
+    (folder / ".finetune-2-2e-05.pt.4242.tmp").write_bytes(os.urandom(11 * 2**20))  # an interrupted save
+    result = _prepare(folder, "abc1", "--variant", "rmsnorm", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "abc1.zip") as archive:
+        assert not [name for name in archive.namelist() if name.endswith(".tmp")]
+
+    (tmp_path / "abc1.zip").unlink()
+    (folder / "scores.npy").write_bytes(os.urandom(11 * 2**20))  # too big, and not skipped
+    result = _prepare(folder, "abc1", "--variant", "rmsnorm", cwd=tmp_path)
+    assert result.returncode == 1 and "abc1/scores.npy (11.0 MB)" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no zip, no temporary file

@@ -116,6 +116,28 @@ def test_missing_file_in_mirror_is_named(workdir):
     assert "sanity_check_layernorm.data" in result.stderr.splitlines()[-1]  # the "not in place yet" list
 
 
+def test_offline_without_a_mirror_sets_up_what_it_can_and_names_the_rest(workdir):
+    """No mirror and no network (a curl that cannot connect): every asset is tried, the Python
+    environment too (here PYTHON does not exist), and the summary names all that is missing."""
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text("#!/bin/sh\necho 'curl: (6) Could not resolve host' >&2\nexit 6\n")
+    (bin_dir / "curl").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINLLAMA_")}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", PYTHON=str(workdir / "no-python3"))
+    result = subprocess.run(["bash", "repo/setup.sh"], cwd=workdir, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    summary = result.stdout.split("setup: summary", 1)[1]
+    for dest in LAYOUT:
+        assert f"{dest} (required)" in summary, dest
+    assert f".venv and SmolLM2 (required): {workdir / 'no-python3'} not found" in summary
+    assert "stories42M.pt (optional)" in summary
+    assert "run_llama.py's defaults run on SmolLM2-135M" in summary and "cannot run;" in summary
+    assert "512-piece" in summary and "cannot be used with tokenizer.model" in summary
+    assert "sst-train.txt" in result.stderr.splitlines()[-1]  # the "not in place yet" list, last
+
+
 def _save_stories42m_like(path: Path, dim: int) -> None:
     """A checkpoint in stories42M's format, with its shapes when dim is 512 (zeros, float16 for size)."""
     import torch

@@ -72,6 +72,15 @@ class Encoding:
     bos: bool = True
 
 
+def lora_targets(spec: str) -> tuple[str, ...]:
+    """--lora_targets as projection names (adapters.parse_targets, imported only beyond the default)."""
+    if spec == "attention":
+        return ClassifierChoice.lora_targets
+    from adapters import parse_targets
+
+    return parse_targets(spec)
+
+
 def build_classifier(choice: ClassifierChoice, tokenizer, label_names: list[str]):
     """The option's classifier and its Encoding. Trained classifiers start frozen (the classifier
     config's own option 'pretrain': a frozen backbone, not the command line's --option pretrain)

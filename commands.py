@@ -212,10 +212,8 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     data, then classification.py."""
     import torch
 
-    from adapters import parse_targets
     from classification import ClassificationRun, Split, run_classification
-    from classification_methods import METHOD_NAMES, ClassifierChoice
-    from wise_ft import parse_alphas
+    from classification_methods import METHOD_NAMES, ClassifierChoice, lora_targets
 
     paths = data_paths(args)
     label_names = read_label_names(paths["labels"])
@@ -254,7 +252,7 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     checkpoint = resolve_checkpoint(base)
     choice = ClassifierChoice(option, checkpoint, len(label_names), args.hidden_dropout_prob, args.norm,
                               lora["rank"], lora["alpha"], args.dtype, args.quantize,
-                              lora_targets=parse_targets(trained_with["lora_targets"]),
+                              lora_targets=lora_targets(trained_with["lora_targets"]),
                               lora_dropout=trained_with["lora_dropout"], n_virtual_tokens=trained_with["n_virtual_tokens"],
                               prompt_init=trained_with["prompt_init"], seed=trained_with["seed"],
                               demonstrations=demonstrations, calibrate=args.calibrate, chat_template=args.chat_template,
@@ -266,7 +264,7 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
         seed=args.seed, checkpoint_out=Path(args.checkpoint_out) if args.checkpoint_out else
         out_dir / f"{option}-{args.epochs}-{lr}.pt", checkpoint_in=args.checkpoint_in,
         save_merged=args.save_merged, record={**vars(args), "pretrained_model_path": str(checkpoint)},
-        early_stop_on=args.early_stop_on, wise_ft=tuple(parse_alphas(args.wise_ft)) if args.wise_ft else ())
+        early_stop_on=args.early_stop_on, wise_ft=wise_ft_alphas(args.wise_ft))
     for flag in ("patience", "wise_ft"):
         if getattr(args, flag) is not None and "train" in splits and has_placeholder_labels(paths["dev"]):
             raise RunError(f"--{flag} needs real dev labels, but those of {paths['dev']} are placeholders")
@@ -275,6 +273,15 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     summary = run_classification(run, tokenizer, device, dist)
     summary_out = Path(args.summary_out) if args.summary_out else outputs["dev"].parent / f"{dataset}-{method}-output.json"
     return {**summary, "summary_out": summary_out}
+
+
+def wise_ft_alphas(spec: str | None) -> tuple[float, ...]:
+    """--wise_ft's coefficients (checked already by run_llama.validate); () without the flag."""
+    if spec is None:
+        return ()
+    from wise_ft import parse_alphas
+
+    return tuple(parse_alphas(spec))
 
 
 def draw_shots(train: list, label_names: list[str], paths: dict, args) -> tuple:

@@ -221,10 +221,8 @@ def add_method_flags(parser) -> None:
 
 
 def validate_methods(args) -> None:
-    """The method flags: each only with an option that uses it, each value in its range."""
-    from adapters import parse_targets
-    from wise_ft import parse_alphas
-
+    """The method flags: each only with an option that uses it, each value in its range. (The
+    modules are imported only for the flags that name them: a course skeleton ships none of them.)"""
     option = args.option
     classification = option in ("prompt", *TRAINED)
     used_with = {"peft": ("prompt_finetune",), "mixout": ("finetune",), "calibrate": ("prompt",),
@@ -247,9 +245,14 @@ def validate_methods(args) -> None:
         raise RunError(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
     if args.mixout is not None and not 0 < args.mixout < 1:
         raise RunError(f"--mixout must be in (0, 1), got {args.mixout}")
+    alphas = None
     try:
-        parse_targets(args.lora_targets)
-        alphas = parse_alphas(args.wise_ft) if args.wise_ft is not None else None
+        if args.lora_targets != "attention":
+            from adapters import parse_targets
+            parse_targets(args.lora_targets)
+        if args.wise_ft is not None:
+            from wise_ft import parse_alphas
+            alphas = parse_alphas(args.wise_ft)
     except ValueError as error:
         raise RunError(str(error)) from None
     if alphas is not None and args.head_init != "label_words":

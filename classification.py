@@ -1,8 +1,5 @@
-"""`--option prompt | finetune | lora`: sentence classification with a pretrained Llama.
-
-- prompt: zero-shot, nothing trains (classifier.LlamaZeroShotClassifier).
-- finetune: the whole model and a linear head train (LlamaEmbeddingClassifier).
-- lora: LoRA adapters and the head train, the backbone stays frozen (lora.py).
+"""`--option prompt | finetune | lora | ia3 | prompt_tuning | prompt_finetune`: sentence
+classification with a pretrained Llama (what each option builds and trains: classification_methods.py).
 
 Training runs on the one loop of training.py, an epoch being one pass over the training split;
 after every epoch (or every --eval_every steps) the dev split is scored and the best-dev model is
@@ -15,21 +12,17 @@ import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier
+from classification_methods import ADAPTER_PREFIXES, ClassifierChoice, build_classifier
 from data import (Example, InputError, collate, encode_examples, has_placeholder_labels, length_sorted_batches,
                   padding_fraction)
 from objectives import ClassificationLoss
 from training import Distributed, LoopSettings, RunHooks, TrainingDiverged, autocast, train
 from utils import atomic_path, write_atomically
-
-# --option -> the word in its output file names (DESIGN.md, "Data and file formats")
-METHOD_NAMES = {"prompt": "prompting", "finetune": "finetuning", "lora": "lora"}
 
 
 @dataclass(frozen=True)
@@ -43,71 +36,6 @@ class Split:
     @property
     def placeholder_labels(self) -> bool:
         return has_placeholder_labels(self.path)
-
-
-@dataclass(frozen=True)
-class ClassifierChoice:
-    """What to build: the option, the base checkpoint and what the classifier config needs."""
-    option: str
-    checkpoint: Path
-    num_labels: int
-    hidden_dropout_prob: float
-    norm_type: str | None
-    lora_rank: int
-    lora_alpha: float
-    dtype: str = "float32"  # prompt: the weights' type, or int8 linear layers (quantize.py)
-    quantize: str | None = None
-    dropout: float | None = None  # the model's own dropout (None: the checkpoint's)
-
-
-def build_classifier(choice: ClassifierChoice, tokenizer, label_names: list[str]):
-    """The option's classifier, plus what encode_examples needs: the question to append to
-    every sentence, and the context positions a prompt may use (the answer needs some too).
-    Trained classifiers start frozen (the classifier config's own option 'pretrain': a frozen
-    backbone, not the command line's --option pretrain) and TRAINABLE_PARAMETERS opts in what trains."""
-    config = SimpleNamespace(pretrained_model_path=choice.checkpoint, num_labels=choice.num_labels,
-                             option="pretrain", hidden_dropout_prob=choice.hidden_dropout_prob,
-                             norm_type=choice.norm_type, dropout=choice.dropout)
-    if choice.option == "prompt":
-        from quantize import prepare_for_inference
-
-        model = LlamaZeroShotClassifier(config, tokenizer, label_names)
-        prepare_for_inference(model.llama, choice.dtype, choice.quantize)
-        suffix, room = model.question_ids, model.llama.config.max_seq_len - model.max_label_len
-    else:
-        model = LlamaEmbeddingClassifier(config)
-        TRAINABLE_PARAMETERS[choice.option](model, choice)
-        suffix, room = [], model.llama.config.max_seq_len
-    check_vocabulary(tokenizer, model.llama.config.vocab_size, choice.checkpoint)
-    return model, suffix, room
-
-
-def check_vocabulary(tokenizer, vocab_size: int, checkpoint) -> None:
-    """A tokenizer and a model belong together only if their vocabularies have the same size:
-    ids the embedding table lacks crash, and a smaller tokenizer means other words for the same ids."""
-    if tokenizer.n_words != vocab_size:
-        where = tokenizer.model_path or "the checkpoint's own record"
-        raise InputError(f"the tokenizer ({where}) has {tokenizer.n_words} tokens but the model {checkpoint} "
-                         f"{vocab_size}: they do not belong together (see --tokenizer)")
-
-
-def full_finetuning(classifier, choice) -> None:
-    """Every parameter trains."""
-    classifier.llama.requires_grad_(True)
-
-
-def lora_adapters(classifier, choice) -> None:
-    """Only LoRA adapters on the attention projections and the head train (Hu et al. 2021):
-    apply_lora freezes the backbone around them; the head, outside it, keeps training.
-    (Imported here: the course variant without LoRA ships no lora.py.)"""
-    from lora import apply_lora
-
-    apply_lora(classifier.llama, rank=choice.lora_rank, alpha=choice.lora_alpha)
-
-
-# --option -> what trains. The training loop trains whatever requires_grad and checkpoints only
-# that, so a new parameter-efficient method is one more function here.
-TRAINABLE_PARAMETERS = {"finetune": full_finetuning, "lora": lora_adapters}
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -197,11 +125,14 @@ def load_checkpoint(path, model) -> dict:
 
 
 def save_merged(model, tokenizer, path: Path) -> None:
-    """The LoRA model as one plain checkpoint (course format, plus the head and the tokenizer
-    record): adapters merged into the weights (merge_lora_weights), readable by load_pretrained."""
-    from lora import merge_lora_weights
-
-    merge_lora_weights(model.llama)
+    """The LoRA or IA3 model as one plain checkpoint (course format, plus the head and the tokenizer
+    record): adapters merged into the weights (merge_lora_weights, merge_ia3_weights), readable by
+    load_pretrained."""
+    if any("lora_" in name for name, _ in model.llama.named_parameters()):
+        from lora import merge_lora_weights as merge
+    else:
+        from ia3 import merge_ia3_weights as merge
+    merge(model.llama)
     state = {name: t.detach().cpu() for name, t in model.llama.state_dict().items()}
     with atomic_path(path) as temporary:
         torch.save({"model_args": model.llama.config.to_dict(), "model": state, "tokenizer": tokenizer.to_record(),
@@ -218,12 +149,12 @@ class ClassificationHooks(RunHooks):
     the upstream `epoch N: train loss :: ...` line."""
 
     def __init__(self, model, objective, dev: Split, dev_encoded, batch_size: int, pad_id: int, device,
-                 steps_per_epoch: int, checkpoint_path: Path, info: dict, dist: Distributed):
+                 steps_per_epoch: int, checkpoint_path: Path, info: dict, dist: Distributed, metric: str = "accuracy"):
         self.model, self.objective, self.dev, self.dev_encoded = model, objective, dev, dev_encoded
         self.batch_size, self.pad_id, self.device, self.dist = batch_size, pad_id, device, dist
         self.steps_per_epoch, self.checkpoint_path, self.info = steps_per_epoch, checkpoint_path, info
         # Placeholder dev labels cannot rank evaluations: then the latest is kept.
-        self.metric = "step" if dev.placeholder_labels else "accuracy"
+        self.metric = "step" if dev.placeholder_labels else metric
         self.history, self.losses, self.best_epoch, self.started = [], [], None, time.time()
 
     def log_step(self, state, loss, lr, tokens_per_second):
@@ -283,9 +214,9 @@ def epoch_batches(encoded: list[list[int]], labels: list[int], batch_size: int, 
 
 def fit(model, train_split: Split, train_encoded, dev: Split, dev_encoded, epochs: int, batch_size: int,
         pad_id: int, settings: LoopSettings, seed: int, checkpoint_path: Path, info: dict, device,
-        dist: Distributed) -> dict:
-    """Train for `epochs`, keep the best-dev model at checkpoint_path, load it back. Returns the
-    history and what the summary reports."""
+        dist: Distributed, early_stop_on: str = "accuracy") -> dict:
+    """Train for `epochs`, keep the best-dev model (by dev accuracy or dev loss) at checkpoint_path,
+    load it back. Returns the history and what the summary reports."""
     lengths = [len(ids) for ids in train_encoded]
     padding = padding_fraction(lengths, length_sorted_batches(lengths, batch_size, random.Random(seed)))
     if dist.is_main:
@@ -295,7 +226,8 @@ def fit(model, train_split: Split, train_encoded, dev: Split, dev_encoded, epoch
                        eval_every=settings.eval_every or steps_per_epoch)
     objective = ClassificationLoss()
     hooks = ClassificationHooks(model, objective, dev, dev_encoded, batch_size, pad_id, device, steps_per_epoch,
-                                checkpoint_path, info, dist)
+                                checkpoint_path, info, dist, early_stop_on)
+    settings = replace(settings, higher_is_better=hooks.metric != "loss")
     batch_at = epoch_batches(train_encoded, [e.label for e in train_split.examples], batch_size, pad_id, device, seed)
     try:
         train(model, objective, batch_at, settings, hooks, device, dist)
@@ -327,32 +259,46 @@ class ClassificationRun:
     checkpoint_in: Path | None
     save_merged: bool
     record: dict  # the command line, stored in the checkpoint
+    early_stop_on: str = "accuracy"  # the dev metric that picks the best checkpoint (and stops early)
+    wise_ft: tuple[float, ...] = ()  # WiSE-FT coefficients to sweep on dev after training
 
 
 def run_classification(run: ClassificationRun, tokenizer, device, dist: Distributed) -> dict:
     """(Train,) predict dev and test, report; returns the run's summary."""
-    model, suffix, room = build_classifier(run.choice, tokenizer, run.label_names)
+    model, encoding = build_classifier(run.choice, tokenizer, run.label_names)
     model.to(device)
     trainable, total = count_parameters(model)
     training = "train" in run.splits
-    if training and dist.is_main:
-        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
-    encoded = {name: encode_examples(split.examples, tokenizer, room, suffix, run.max_sentence_len, name)
-               for name, split in run.splits.items()}
     summary = {"option": run.choice.option, "checkpoint": run.choice.checkpoint, "device": str(device),
                "trainable_parameters": trainable, "total_parameters": total, "trainable_fraction": trainable / total}
+    method = run.choice.adapter_method
+    if method is not None:
+        from adapters import count_parameters as count_adapter_parameters
+
+        counted = count_adapter_parameters(model, ADAPTER_PREFIXES[method])
+        summary["adapter_parameters"] = counted.adapter
+    if training and dist.is_main:
+        print(counted if method is not None else
+              f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    encoded = {name: encode_examples(split.examples, tokenizer, encoding.max_len, encoding.suffix_ids,
+                                     run.max_sentence_len, name, bos=encoding.bos)
+               for name, split in run.splits.items()}
     if run.checkpoint_in is not None:
         loaded = load_checkpoint(run.checkpoint_in, model)
         print(f"loaded {run.checkpoint_in} (epoch {loaded.get('epoch')})")
         summary["checkpoint_in"] = run.checkpoint_in
     if training:
+        zero_shot = trained_state(model) if run.wise_ft else None
         info = {"option": run.choice.option, "args": run.record, "label_names": run.label_names,
                 "lora": {"rank": run.choice.lora_rank, "alpha": run.choice.lora_alpha}
-                if run.choice.option == "lora" else None}
+                if method == "lora" else None}
         summary.update(fit(model, run.splits["train"], encoded["train"], run.splits["dev"], encoded["dev"],
                            run.epochs, run.batch_size, tokenizer.pad_id, run.settings, run.seed, run.checkpoint_out,
-                           info, device, dist))
+                           info, device, dist, run.early_stop_on))
         summary["checkpoint_out"] = run.checkpoint_out
+        if run.wise_ft:
+            summary["wise_ft"] = wise_ft(model, zero_shot, run, encoded["dev"], tokenizer.pad_id, device,
+                                         {**info, "epoch": summary["best_epoch"]}, dist)
     if not dist.is_main:
         return summary
     for name, split in run.splits.items():
@@ -368,3 +314,29 @@ def run_classification(run: ClassificationRun, tokenizer, device, dist: Distribu
         save_merged(model, tokenizer, merged)
         summary["merged_checkpoint"] = merged
     return summary
+
+
+def wise_ft(model, zero_shot: dict, run: ClassificationRun, dev_encoded, pad_id: int, device, info: dict,
+            dist: Distributed) -> dict:
+    """WiSE-FT (wise_ft.py): score theta(a) = (1 - a) theta_0 + a theta_1 on dev for every a of
+    --wise_ft, keep the best in the model and in the checkpoint. theta_0 is the trained tensors as
+    they were before training (for LoRA: with the trained lora_A and zero lora_B, so that the line
+    is the weights' line)."""
+    from wise_ft import lora_zero_shot_state, wise_ft_sweep
+
+    trained = trained_state(model)
+    start = {**lora_zero_shot_state(trained), **{k: v for k, v in zero_shot.items() if "lora_" not in k}}
+    dev = run.splits["dev"]
+
+    def dev_accuracy(candidate) -> float:
+        log_probs = predict(candidate, dev_encoded, run.batch_size, pad_id, device, "dev")
+        return score(dev.examples, log_probs, run.choice.num_labels)["accuracy"]
+
+    best, accuracies = wise_ft_sweep(model, start, trained, list(run.wise_ft), dev_accuracy)
+    if dist.is_main:
+        for alpha, accuracy in accuracies.items():
+            print(f"wise-ft alpha {alpha:g}: dev acc :: {accuracy:.3f}")
+        print(f"wise-ft: kept alpha {best:g}")
+        save_checkpoint(run.checkpoint_out, model, {**info, "wise_ft_alpha": best,
+                                                    "dev_acc": accuracies[best]})
+    return {"best_alpha": best, "dev_accuracy": {str(a): acc for a, acc in accuracies.items()}}

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from data import (InputError, check_labels, check_mapping_size, dataset_name, has_placeholder_labels, read_examples,
-                  read_label_names)
+                  read_label_names, stratified_sample)
 from utils import REPO_ROOT, cache_dir, smollm2_gguf_path, write_atomically
 
 DEFAULT_CHECKPOINT = "stories42M.pt"
@@ -135,7 +135,7 @@ def load_tokenizer(args, checkpoint):
 
 def load_for_inference(args, device):
     """The checkpoint the flags name, with its tokenizer, as --dtype / --quantize ask (generate, chat)."""
-    from classification import check_vocabulary
+    from classification_methods import check_vocabulary
     from llama import load_pretrained
     from quantize import prepare_for_inference
 
@@ -197,59 +197,110 @@ def model_overrides(args) -> dict:
     return {k: v for k, v in (("norm_type", args.norm), ("dropout", args.dropout)) if v is not None}
 
 
+def read_split(path, args) -> list:
+    """A data file's examples: all, the first --limit, or with --stratified a seeded draw of --limit
+    that keeps the label proportions."""
+    if args.stratified:
+        return stratified_sample(read_examples(path), args.limit, args.seed)
+    return read_examples(path, args.limit)
+
+
+# The method settings a classification checkpoint was trained with: --checkpoint_in rebuilds its
+# model with them, whatever the command line says.
+TRAINED_WITH = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "n_virtual_tokens", "prompt_init", "seed",
+                "peft", "head_init")
+
+
 def run_classification_option(args, device, dist, out_dir: Path) -> dict:
-    """--option prompt, finetune or lora: read and check the data, then classification.py."""
+    """--option prompt, finetune, lora, ia3, prompt_tuning, prompt_finetune: read and check the
+    data, then classification.py."""
     import torch
 
-    from classification import METHOD_NAMES, ClassificationRun, ClassifierChoice, Split, run_classification
+    from classification import ClassificationRun, Split, run_classification
+    from classification_methods import METHOD_NAMES, ClassifierChoice, lora_targets
 
     paths = data_paths(args)
     label_names = read_label_names(paths["labels"])
-    recorded = {}
-    if args.checkpoint_in is not None:  # the option, the LoRA shape and the base model come from the file
+    trained_with = {flag: getattr(args, flag) for flag in TRAINED_WITH}
+    if args.checkpoint_in is not None:  # the option, the method's shape and the base model come from the file
         if not Path(args.checkpoint_in).is_file():
             raise RunError(f"--checkpoint_in: {args.checkpoint_in} not found")
         recorded = torch.load(args.checkpoint_in, map_location="cpu", weights_only=True, mmap=True)
         if recorded.get("option") != args.option:
             raise RunError(f"--checkpoint_in {args.checkpoint_in} was trained with --option "
                            f"{recorded.get('option')}, not {args.option}")
+        trained_with.update({flag: value for flag, value in recorded.get("args", {}).items() if flag in TRAINED_WITH})
         if recorded.get("label_names") != label_names:
             raise RunError(f"--checkpoint_in {args.checkpoint_in} classifies into {recorded.get('label_names')}, "
                            f"but {paths['labels']} names {label_names}")
-    option, dataset, method = args.option, dataset_name(paths["dev"]), METHOD_NAMES[args.option]
+    else:
+        recorded = {}
+    option, dataset = args.option, dataset_name(paths["dev"])
+    method = "advanced" if args.advanced else METHOD_NAMES[option]
     outputs = {"dev": Path(args.dev_out) if args.dev_out else out_dir / f"{dataset}-dev-{method}-output.txt",
                "test": Path(args.test_out) if args.test_out else out_dir / f"{dataset}-test-{method}-output.txt"}
     for path in outputs.values():
         checked_output_folder(path.parent)
-    splits = {}
+    splits, demonstrations = {}, ()
     if option != "prompt" and args.checkpoint_in is None:
-        train = read_examples(paths["train"], args.limit)
+        train = read_split(paths["train"], args)
         check_mapping_size(train, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
         splits["train"] = Split("train", paths["train"], train, None)
+    elif option == "prompt" and args.shots:
+        demonstrations = draw_shots(read_examples(paths["train"]), label_names, paths, args)
     for name in ("dev",) if args.skip_test else ("dev", "test"):
-        examples = read_examples(paths[name], args.limit)
+        examples = read_split(paths[name], args)
         check_labels(examples, label_names, paths["labels"])
         splits[name] = Split(name, paths[name], examples, outputs[name])
     print(", ".join(f"{name}: {len(split.examples)} examples" for name, split in splits.items()))
 
-    lora = recorded.get("lora") or {"rank": args.lora_rank, "alpha": args.lora_alpha}
+    lora = recorded.get("lora") or {"rank": trained_with["lora_rank"], "alpha": trained_with["lora_alpha"]}
     base = args.pretrained_model_path or recorded.get("args", {}).get("pretrained_model_path")
     checkpoint = resolve_checkpoint(base)
     choice = ClassifierChoice(option, checkpoint, len(label_names), args.hidden_dropout_prob, args.norm,
-                              lora["rank"], lora["alpha"], args.dtype, args.quantize, args.dropout)
+                              lora["rank"], lora["alpha"], args.dtype, args.quantize,
+                              lora_targets=lora_targets(trained_with["lora_targets"]),
+                              lora_dropout=trained_with["lora_dropout"], n_virtual_tokens=trained_with["n_virtual_tokens"],
+                              prompt_init=trained_with["prompt_init"], seed=trained_with["seed"],
+                              demonstrations=demonstrations, calibrate=args.calibrate, chat_template=args.chat_template,
+                              peft=trained_with["peft"], head_init=trained_with["head_init"], mixout=args.mixout, dropout=args.dropout)
     run = ClassificationRun(
         choice=choice, label_names=label_names, splits=splits, batch_size=args.batch_size,
         max_sentence_len=args.max_sentence_len, epochs=args.epochs, settings=loop_settings(args, "classification"),
         seed=args.seed, checkpoint_out=Path(args.checkpoint_out) if args.checkpoint_out else
         out_dir / f"{option}-{args.epochs}-{args.lr}.pt", checkpoint_in=args.checkpoint_in,
-        save_merged=args.save_merged, record={**vars(args), "pretrained_model_path": str(checkpoint)})
-    if args.patience is not None and "train" in splits and has_placeholder_labels(paths["dev"]):
-        raise RunError(f"--patience needs real dev labels, but those of {paths['dev']} are placeholders")
+        save_merged=args.save_merged, record={**vars(args), "pretrained_model_path": str(checkpoint)},
+        early_stop_on=args.early_stop_on, wise_ft=wise_ft_alphas(args.wise_ft))
+    for flag in ("patience", "wise_ft"):
+        if getattr(args, flag) is not None and "train" in splits and has_placeholder_labels(paths["dev"]):
+            raise RunError(f"--{flag} needs real dev labels, but those of {paths['dev']} are placeholders")
     print(f"loading {checkpoint} ...")
     tokenizer = load_tokenizer(args, checkpoint)
     summary = run_classification(run, tokenizer, device, dist)
     summary_out = Path(args.summary_out) if args.summary_out else outputs["dev"].parent / f"{dataset}-{method}-output.json"
     return {**summary, "summary_out": summary_out}
+
+
+def wise_ft_alphas(spec: str | None) -> tuple[float, ...]:
+    """--wise_ft's coefficients (checked already by run_llama.validate); () without the flag."""
+    if spec is None:
+        return ()
+    from wise_ft import parse_alphas
+
+    return tuple(parse_alphas(spec))
+
+
+def draw_shots(train: list, label_names: list[str], paths: dict, args) -> tuple:
+    """--shots K: K (label, sentence) demonstrations from the training split, balanced over the
+    labels, drawn with --seed (prompting.draw_demonstrations); too few of a label is an error now."""
+    from prompting import draw_demonstrations
+
+    check_labels(train, label_names, paths["labels"])
+    try:
+        drawn = draw_demonstrations([(e.label, e.sentence) for e in train], len(label_names), args.shots, args.seed)
+    except ValueError as error:
+        raise RunError(f"{error} in {paths['train']}") from None
+    return tuple(drawn)
 
 
 def run_pretrain_option(args, device, dist, out_dir: Path) -> dict:

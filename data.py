@@ -81,6 +81,24 @@ def read_examples(path, limit: int | None = None) -> list[Example]:
     return examples
 
 
+def stratified_sample(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """n examples drawn at random (seeded) so that every label keeps its share of the file
+    (CA1's stratified sampling): each label gets floor(n * share), and the places left go to the
+    labels with the largest remainders. The drawn examples keep their order in the file."""
+    if n >= len(examples):
+        return list(examples)
+    by_label: dict[int, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_label.setdefault(example.label, []).append(index)
+    exact = {label: n * len(indices) / len(examples) for label, indices in by_label.items()}
+    counts = {label: int(share) for label, share in exact.items()}
+    for label in sorted(exact, key=lambda lab: (counts[lab] - exact[lab], lab))[:n - sum(counts.values())]:
+        counts[label] += 1
+    rng = random.Random(seed)
+    drawn = [i for label in sorted(by_label) for i in rng.sample(by_label[label], counts[label])]
+    return [examples[i] for i in sorted(drawn)]
+
+
 def read_label_names(path) -> list[str]:
     """The label mapping: a JSON list of label names, label id i being names[i]."""
     try:
@@ -129,14 +147,14 @@ def dataset_name(path) -> str:
 
 
 def encode_examples(examples: list[Example], tokenizer, max_len: int, suffix_ids=(),
-                    max_sentence_len: int | None = None, desc: str = "") -> list[list[int]]:
-    """BOS (for a model that uses one) + sentence tokens (+ suffix_ids, the zero-shot question),
-    no EOS: the classifiers read the last real token, which should be the sentence's (or the
-    question's) own last token.
+                    max_sentence_len: int | None = None, desc: str = "", bos: bool = True) -> list[list[int]]:
+    """BOS (for a model that uses one, unless bos is False: a cached prompt prefix holds it) +
+    sentence tokens (+ suffix_ids, the zero-shot question), no EOS: the classifiers read the last
+    real token, which should be the sentence's (or the question's) own last token.
 
     Only the sentence is ever shortened, so the question always survives: to max_sentence_len
     tokens if set, and to what fits in the model's context (max_len positions), with a warning."""
-    start = [tokenizer.bos_id] if tokenizer.add_bos else []  # SmolLM2's texts start without one
+    start = [tokenizer.bos_id] if bos and tokenizer.add_bos else []  # SmolLM2's texts start without one
     room = max_len - len(start) - len(suffix_ids)
     if room < 1:
         raise InputError(f"the model's context ({max_len} positions) has no room for a sentence "

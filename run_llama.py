@@ -33,7 +33,6 @@ from utils import MissingAssetError, write_atomically
 # --------------------------------------------------------------------------------------------
 # The flags
 
-PEFT_OPTIONS = ("instruct_tune",)  # the options whose model --peft adapts (issue 11 adds prompt_finetune)
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -50,14 +49,17 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="keep at most this many tokens of each sentence (the question is never cut)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--epochs", type=int, default=5, help="classification: passes over the training split")
+    # A literal list: the skeleton generator keeps only a course's own options in it.
     parser.add_argument("--option", choices=("generate", "prompt", "finetune", "lora", "pretrain", "chat",
-                                             "instruct_tune"),
+                                             "instruct_tune", "ia3", "prompt_tuning", "prompt_finetune"),
                         default="generate",
                         help="generate: continue a prompt; prompt: zero-shot classification (frozen model); "
                              "finetune: train the whole model; lora: train LoRA adapters and the head; "
                              "pretrain: train a language model on --corpus (or the sentences of --train); "
                              "chat: talk to an instruct model through its chat template; "
-                             "instruct_tune: instruction tuning through the chat template, loss on the answers")
+                             "instruct_tune: instruction tuning through the chat template, loss on the answers; "
+                             "ia3: train IA3 vectors and the head; prompt_tuning: train a soft prompt and the head; "
+                             "prompt_finetune: train the zero-shot classifier itself")
     parser.add_argument("--use_gpu", action="store_true", help="run on the GPU (CUDA or MPS); error if none")
     parser.add_argument("--generated_sentence_low_temp_out", default="generated-sentence-temp-0.txt")
     parser.add_argument("--generated_sentence_high_temp_out", default="generated-sentence-temp-1.txt")
@@ -81,6 +83,8 @@ def get_args(argv=None) -> argparse.Namespace:
                            "checkpoint's own, else tokenizer.model)")
     ours.add_argument("--dropout", type=float, default=None, help="the model's own dropout (default: the checkpoint's, 0)")
     ours.add_argument("--limit", type=int, default=None, help="use only the first N lines of each data file")
+    ours.add_argument("--stratified", action="store_true",
+                      help="with --limit: a random N (drawn with --seed) that keeps each file's label proportions")
     ours.add_argument("--skip_test", action="store_true", help="predict the dev split only")
     ours.add_argument("--out_dir", default=".", help="folder for every output with a default name")
     ours.add_argument("--summary_out", default=None, help="default: <dataset>-<method>-output.json beside --dev_out")
@@ -123,8 +127,7 @@ def get_args(argv=None) -> argparse.Namespace:
     instruct.add_argument("--instructions", default=None,
                           help='JSON lines of {"instruction", "response"} or {"messages": [...]} (default: the '
                                "--train split as classification instructions, answered by the label word)")
-    instruct.add_argument("--peft", choices=("lora", "ia3"), default=None,
-                          help="train only LoRA adapters (--lora_rank, --lora_alpha) or IA3 vectors (default: everything)")
+    add_method_flags(parser)
 
     lm = parser.add_argument_group("pre-training (--option pretrain)")
     lm.add_argument("--corpus", default=None, help="a UTF-8 text file (default: the sentences of --train)")
@@ -184,14 +187,96 @@ def validate(args) -> None:
                        "(a model trained with it carries its tokenizer)")
     if args.option == "pretrain":
         validate_pretrain(args)
-    if args.checkpoint_in is not None and args.option not in ("finetune", "lora"):
-        raise RunError("--checkpoint_in reads a finetune or lora checkpoint: use it with --option finetune or lora")
-    if args.save_merged and args.option != "lora":
-        raise RunError("--save_merged merges LoRA adapters: use it with --option lora")
     if args.instructions is not None and args.option != "instruct_tune":
         raise RunError("--instructions is the training data of --option instruct_tune")
-    if args.peft is not None and args.option not in PEFT_OPTIONS:
-        raise RunError(f"--peft chooses the adapters of --option {' or '.join(PEFT_OPTIONS)}")
+    if args.checkpoint_in is not None and args.option not in TRAINED:
+        raise RunError(f"--checkpoint_in reads a classification checkpoint: use it with --option {', '.join(TRAINED)}")
+    if args.save_merged and args.option not in ("lora", "ia3"):
+        raise RunError("--save_merged merges LoRA adapters or IA3 vectors: use it with --option lora or ia3")
+    validate_methods(args)
+
+
+# --------------------------------------------------------------------------------------------
+# The classification methods beyond the four upstream options (issue 11; classification_methods.py)
+
+CLASSIFICATION_METHODS = ("ia3", "prompt_tuning", "prompt_finetune")
+TRAINED = ("finetune", "lora", *CLASSIFICATION_METHODS)  # the classification options that train
+
+
+def add_method_flags(parser) -> None:
+    methods = parser.add_argument_group("classification methods (none required)")
+    methods.add_argument("--lora_targets", default="attention",
+                         help="lora: the projections to adapt: attention, ffn, all, or names such as "
+                              "compute_query,compute_value,w2")
+    methods.add_argument("--lora_dropout", type=float, default=0.0, help="lora: dropout on the adapters' input")
+    methods.add_argument("--n_virtual_tokens", type=int, default=20, help="prompt_tuning: the soft prompt's length")
+    methods.add_argument("--prompt_init", choices=("question", "random"), default="question",
+                         help="prompt_tuning: start from the zero-shot question's tokens or random tokens")
+    methods.add_argument("--peft", choices=("lora", "ia3"), default=None,
+                         help="prompt_finetune, instruct_tune: train LoRA adapters (--lora_rank, --lora_alpha) or "
+                              "IA3 vectors instead of the whole model")
+    methods.add_argument("--shots", type=int, default=0,
+                         help="prompt: K demonstrations from --train, balanced over labels, drawn with --seed")
+    methods.add_argument("--calibrate", action="store_true",
+                         help="prompt: contextual calibration on content-free inputs (Zhao et al. 2021)")
+    methods.add_argument("--chat_template", action="store_true", help="prompt: ask through the model's chat template")
+    methods.add_argument("--head_init", choices=("random", "label_words"), default="random",
+                         help="finetune, lora, ia3: label_words starts the head as the zero-shot classifier "
+                              "(and appends the zero-shot question to every sentence)")
+    methods.add_argument("--wise_ft", default=None,
+                         help="finetune, lora, ia3 with --head_init label_words: comma-separated coefficients "
+                              "in [0, 1]; after training keep the best interpolation on dev (WiSE-FT)")
+    methods.add_argument("--mixout", type=float, default=None,
+                         help="finetune: mix each weight with its pretrained value with this probability")
+    methods.add_argument("--early_stop_on", choices=("accuracy", "loss"), default="accuracy",
+                         help="the dev metric that picks the best checkpoint and that --patience watches")
+    methods.add_argument("--advanced", action="store_true",
+                         help="write <dataset>-<dev|test>-advanced-output.txt (the CMU A+ submission names)")
+
+
+def validate_methods(args) -> None:
+    """The method flags: each only with an option that uses it, each value in its range. (The
+    modules are imported only for the flags that name them: a course skeleton ships none of them.)"""
+    option = args.option
+    classification = option in ("prompt", *TRAINED)
+    used_with = {"peft": ("prompt_finetune", "instruct_tune"), "mixout": ("finetune",), "calibrate": ("prompt",),
+                 "chat_template": ("prompt",), "wise_ft": ("finetune", "lora", "ia3")}
+    for flag, options in used_with.items():
+        if getattr(args, flag) not in (None, False) and option not in options:
+            what = {"peft": "it adapts the backbone of those options (the others have none left to adapt, "
+                            "or are adapters already)"}.get(flag, "it has no meaning elsewhere")
+            raise RunError(f"--{flag} is for --option {' or '.join(options)}: {what}")
+    for flag, default, options in (("shots", 0, ("prompt",)), ("head_init", "random", ("finetune", "lora", "ia3")),
+                                   ("n_virtual_tokens", 20, ("prompt_tuning",)),
+                                   ("prompt_init", "question", ("prompt_tuning",))):
+        if getattr(args, flag) != default and option not in options:
+            raise RunError(f"--{flag} is for --option {' or '.join(options)}")
+    if args.shots < 0:
+        raise RunError(f"--shots must not be negative, got {args.shots}")
+    if args.n_virtual_tokens < 1:
+        raise RunError(f"--n_virtual_tokens must be positive, got {args.n_virtual_tokens}")
+    if not 0 <= args.lora_dropout < 1:
+        raise RunError(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    if args.mixout is not None and not 0 < args.mixout < 1:
+        raise RunError(f"--mixout must be in (0, 1), got {args.mixout}")
+    alphas = None
+    try:
+        if args.lora_targets != "attention":
+            from adapters import parse_targets
+            parse_targets(args.lora_targets)
+        if args.wise_ft is not None:
+            from wise_ft import parse_alphas
+            alphas = parse_alphas(args.wise_ft)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    if alphas is not None and args.head_init != "label_words":
+        raise RunError("--wise_ft interpolates from the zero-shot classifier: add --head_init label_words")
+    if alphas is not None and args.checkpoint_in is not None:
+        raise RunError("--wise_ft sweeps after training: leave out --checkpoint_in")
+    if args.stratified and args.limit is None:
+        raise RunError("--stratified draws --limit examples: give --limit N")
+    if args.advanced and not classification:
+        raise RunError("--advanced names classification outputs: use it with a classification --option")
 
 
 def validate_pretrain(args) -> None:

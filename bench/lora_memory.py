@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import common
-from classification import TRAINABLE_PARAMETERS
+from classification_methods import TRAINABLE_PARAMETERS
 from optimizer import AdamW
 
 MODES = ("finetune", "lora")

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from classification_methods import ADAPTER_PREFIXES, ClassifierChoice, build_classifier
-from data import (Example, InputError, collate, encode_examples, has_placeholder_labels, length_sorted_batches,
-                  padding_fraction)
+from data import (Example, InputError, collate, encode_examples, epoch_rows, has_placeholder_labels,
+                  length_sorted_batches, padding_fraction)
 from objectives import ClassificationLoss
 from training import Distributed, LoopSettings, RunHooks, TrainingDiverged, autocast, train
 from utils import atomic_path, write_atomically
@@ -197,15 +197,11 @@ class ClassificationHooks(RunHooks):
 
 
 def epoch_batches(encoded: list[list[int]], labels: list[int], batch_size: int, pad_id: int, device, seed: int):
-    """batch_at(step) for classification: epoch after epoch of length-bucketed, shuffled batches,
-    a function of the step (each epoch's order drawn in turn from one seeded generator)."""
-    rng, epochs, lengths = random.Random(seed), [], [len(ids) for ids in encoded]
+    """batch_at(step) for classification: the rows of data.epoch_rows, padded, with their labels."""
+    rows_at = epoch_rows([len(ids) for ids in encoded], batch_size, seed)
 
     def batch_at(step: int) -> dict:
-        while len(epochs) * math.ceil(len(encoded) / batch_size) <= step:
-            epochs.append(length_sorted_batches(lengths, batch_size, rng))
-        batches = epochs[step // len(epochs[0])]
-        rows = batches[step % len(epochs[0])]
+        rows = rows_at(step)
         input_ids, attention_mask = collate([encoded[i] for i in rows], pad_id, device)
         return {"input_ids": input_ids, "attention_mask": attention_mask,
                 "labels": torch.tensor([labels[i] for i in rows], device=device)}

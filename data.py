@@ -15,6 +15,7 @@ Every reading error names the file and the line (or byte), so a user can fix the
 
 import hashlib
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -190,6 +191,20 @@ def length_sorted_batches(lengths: list[int], batch_size: int, rng: random.Rando
         batches += [bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def epoch_rows(lengths: list[int], batch_size: int, seed: int):
+    """rows_at(step): the example indices of training step `step`, epoch after epoch of
+    length-bucketed, shuffled batches, each epoch's order drawn in turn from one seeded generator.
+    A function of the step, so a run resumed at any step sees the batches it would have seen."""
+    rng, epochs = random.Random(seed), []
+    steps_per_epoch = math.ceil(len(lengths) / batch_size)
+
+    def rows_at(step: int) -> list[int]:
+        while len(epochs) * steps_per_epoch <= step:
+            epochs.append(length_sorted_batches(lengths, batch_size, rng))
+        return epochs[step // steps_per_epoch][step % steps_per_epoch]
+    return rows_at
 
 
 def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:

@@ -23,7 +23,6 @@ label word. After training the dev and test splits are classified, in the same f
 """
 
 import math
-import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,9 +31,10 @@ import torch
 from tqdm import tqdm
 
 from chat import ChatTemplate, stop_condition
-from classification import (ClassificationHooks, Split, check_vocabulary, count_parameters, load_checkpoint, predict,
-                            report_split, trained_state, write_predictions)
-from data import InputError, length_sorted_batches
+from classification import (ClassificationHooks, Split, count_parameters, load_checkpoint, predict, report_split,
+                            trained_state, write_predictions)
+from classification_methods import check_vocabulary
+from data import InputError, epoch_rows, length_sorted_batches
 from instruct_data import classification_conversations, classification_instruction, encode_conversation, parse_label
 from llama import load_pretrained
 from objectives import IGNORE, LanguageModelLoss
@@ -158,16 +158,9 @@ def instruction_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, 
 
 
 def epoch_batches(examples, batch_size: int, pad_id: int, device, seed: int):
-    """batch_at(step): epoch after epoch of length-bucketed, shuffled batches, a function of the step."""
-    rng, epochs, lengths = random.Random(seed), [], [len(ids) for ids, _ in examples]
-    steps_per_epoch = math.ceil(len(examples) / batch_size)
-
-    def batch_at(step: int) -> dict:
-        while len(epochs) * steps_per_epoch <= step:
-            epochs.append(length_sorted_batches(lengths, batch_size, rng))
-        rows = epochs[step // steps_per_epoch][step % steps_per_epoch]
-        return instruction_batch([examples[i] for i in rows], pad_id, device)
-    return batch_at
+    """batch_at(step): the rows of data.epoch_rows as padded instruction batches."""
+    rows_at = epoch_rows([len(ids) for ids, _ in examples], batch_size, seed)
+    return lambda step: instruction_batch([examples[i] for i in rows_at(step)], pad_id, device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_a_bad_instructions_line_is_an_error_before_training(tmp_path, capsys, s
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--option", "lora", "--peft", "ia3"], "--peft chooses the adapters of --option instruct_tune"),
+    (["--option", "lora", "--peft", "ia3"], "--peft is for --option prompt_finetune or instruct_tune"),
     (["--option", "finetune", "--instructions", "x.jsonl"], "--instructions is the training data"),
 ])
 def test_instruct_flags_elsewhere_are_rejected(capsys, argv, message):

@@ -10,7 +10,7 @@ import torch
 import attention_map
 from attention_map import attention_maps, main, recording_attention, save_attention_grid
 from config import LlamaConfig
-from conftest import require_module
+from testkit import require_module
 from llama import Attention, Llama
 from rope import apply_rotary_emb
 

@@ -12,7 +12,7 @@ import torch
 from chat import (PLAIN_TEMPLATE, ChatTemplate, ChatTemplateError, fit_to_context, run_chat, stop_condition,
                   stream_reply, zero_shot_chat_prompt)
 from classifier import zero_shot_question
-from conftest import require_module
+from testkit import require_module
 from tokenizer import Tokenizer
 
 CONVERSATION = [{"role": "system", "content": "Be brief."},

@@ -12,7 +12,7 @@ import export
 from checkpoints import read_checkpoint
 from config import LlamaConfig
 from llama import Llama
-from tests.conftest import require_module
+from testkit import require_module
 from tokenizer import Tokenizer, tokenizer_for_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from config import LlamaConfig
-from conftest import skip_or_fail
+from testkit import skip_or_fail
 from llama import Llama
 from utils import REPO_ROOT
 

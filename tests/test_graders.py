@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import find_asset
+from testkit import find_asset
 from config import LlamaConfig
 from llama import Llama
 from sanity_check import REFERENCES, compute_outputs

@@ -14,7 +14,7 @@ from checkpoints import CheckpointError, read_checkpoint
 from config import LlamaConfig
 from hf_tokenizer import sentencepiece_as_bpe, sentencepiece_pieces
 from llama import Llama, load_pretrained
-from tests.conftest import require_module
+from testkit import require_module
 from tokenizer import Tokenizer, tokenizer_for_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

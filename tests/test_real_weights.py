@@ -6,7 +6,7 @@ token for token, with and without our key/value cache."""
 import pytest
 import torch
 
-from conftest import require_module
+from testkit import require_module
 from config import LlamaConfig
 from llama import Llama, load_pretrained
 

@@ -8,7 +8,7 @@ import sentencepiece
 import torch
 
 from checkpoints import CheckpointError
-from conftest import require_module
+from testkit import require_module
 from tokenizer import Tokenizer, tokenizer_for_checkpoint
 from utils import MissingAssetError
 

@@ -8,6 +8,7 @@ settings objects, never the argparse namespace.
 import os
 import tempfile
 from contextlib import nullcontext
+from functools import partial
 from dataclasses import replace
 from pathlib import Path
 
@@ -156,16 +157,30 @@ def run_generate(args, device, out_dir: Path) -> dict:
 
     model, tokenizer = load_for_inference(args, device)
     prompt = torch.tensor([tokenizer.encode(GENERATION_PROMPT, bos=True, eos=False)], device=device)
+    generate = generator(model, args)
     for temperature, name in ((0.0, args.generated_sentence_low_temp_out), (1.0, args.generated_sentence_high_temp_out)):
         with autocast(device), decoding_filters(model, temperature, args):
-            tokens = model.generate(prompt, max_new_tokens=75, temperature=temperature, epsilon=args.epsilon,
-                                    top_k=args.top_k, top_p=args.top_p)
+            tokens = generate(prompt, max_new_tokens=75, temperature=temperature, epsilon=args.epsilon,
+                              top_k=args.top_k, top_p=args.top_p)
         text = tokenizer.decode(tokens[0].tolist())
         print(f"temperature {temperature}:\n{text}\n---------------")
         path = out_dir / name
         write_atomically(path, text)
         print(f"wrote {path}")
     return {}
+
+
+def generator(model, args):
+    """model.generate, or the same tokens through fast_decode.py where this copy has it (the
+    solution; a student skeleton runs its own Llama.generate) and no decoding filter needs
+    generate's hooks on the model."""
+    if args.min_p is not None or args.repetition_penalty is not None:
+        return model.generate
+    try:
+        import fast_decode
+    except ModuleNotFoundError:
+        return model.generate
+    return partial(fast_decode.generate, model, step=fast_decode.DecodingStep(model))
 
 
 def decoding_filters(model, temperature: float, args):

@@ -122,10 +122,11 @@ DEFAULT_COURSE = "layernorm"  # what a tool assumes in the solution, where no co
 # Methods of the solution that no course teaches (e.g. a future IA3): their modules never ship.
 SOLUTION_ONLY_METHODS: tuple[Method, ...] = ()
 # The reference answers to the courses' A+ menu (parameter-efficient methods, prompting, WiSE-FT,
-# Mixout, decoding, continued pre-training): solution-side modules that no skeleton ships, so the
-# students who attempt an A+ item do not find it done.
+# Mixout, decoding, continued pre-training) and the fast decoding path (it writes out a whole
+# decoding step, Llama.generate's answer): solution-side modules that no skeleton ships, so the
+# students who attempt an A+ item (or Llama.generate) do not find it done.
 SOLUTION_ONLY_MODULES = ("ia3.py", "prompt_tuning.py", "prompting.py", "mixout.py", "wise_ft.py", "decoding.py",
-                         "pretraining.py", "instruct_tuning.py")
+                         "pretraining.py", "instruct_tuning.py", "fast_decode.py")
 
 
 def here() -> list[Course]:

@@ -75,6 +75,16 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def concat_int8(layers: list[Int8Linear]) -> Int8Linear:
+    """One Int8Linear whose outputs are those of `layers` side by side (rows stacked): the same
+    numbers, since every row has its own scale, with the input quantised once for all of them."""
+    fused = Int8Linear(nn.Linear(layers[0].in_features, sum(m.out_features for m in layers), bias=False,
+                                 device="meta"))
+    fused.weight_int8 = torch.cat([m.weight_int8 for m in layers])
+    fused.weight_scale = torch.cat([m.weight_scale for m in layers], dim=1)
+    return fused
+
+
 def dequantized_weight(layer: Int8Linear) -> torch.Tensor:
     """The (out, in) float32 weight the int8 layer stands for: what quantising costs, to inspect."""
     return layer.weight_int8.float() * layer.weight_scale.view(-1, 1)

@@ -1,0 +1,158 @@
+"""Generation with less work per token around the weights (after gpt-fast's generate.py).
+
+Decoding one token at batch 1 multiplies every weight matrix by one vector: the weights'
+memory traffic is all that cannot be avoided. `Llama.generate` spends another quarter of a
+step on small operations around it, each cheap but each a separate call from Python: building
+positions and masks, rebuilding the rotary angles, reshaping heads, slicing the cache. Here
+one decoding step is written out for the whole model, in the order the data flows:
+
+- the key/value cache (KVCache) is allocated once and written in place at one index;
+- the rotary cos/sin come from one table, laid out so that rotating a pair is two products
+  and a sum (`rotate`), with the query and key heads rotated together;
+- the padding mask of a batch is built once for every position and only sliced per step;
+- grouped-query attention lets the fused kernel share the key/value heads (`enable_gqa`)
+  instead of copying them n_rep times;
+- linear layers reading the same input are multiplied as one matrix (q, k, v; and w1, w3).
+
+The prompt itself goes through `Llama.forward`, which fills the cache; every token after it
+goes through `DecodingStep`. The tokens are those of `Llama.generate` (tests/test_fast_decode.py):
+`generate` here has its arguments, and hands back to it whatever this path does not cover.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llama import KVCache, Llama, RMSNorm, sample_next_token
+from quantize import Int8Linear, concat_int8
+from rope import precompute_freqs_cos_sin
+
+
+def fuse(linears: list[nn.Module]) -> nn.Module:
+    """One bias-free linear layer whose outputs are those of `linears` side by side: the input
+    is read (and, for int8, quantised) once, and one matrix product replaces several."""
+    if all(type(m) is nn.Linear for m in linears):
+        fused = nn.Linear(linears[0].in_features, sum(m.out_features for m in linears), bias=False,
+                          device="meta")
+        fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in linears]), requires_grad=False)
+        return fused
+    if all(type(m) is Int8Linear for m in linears):
+        return concat_int8(linears)
+    raise TypeError(f"cannot fuse {', '.join(type(m).__name__ for m in linears)}: "
+                    "only plain nn.Linear or Int8Linear layers")
+
+
+def rotary_table(model: Llama) -> torch.Tensor:
+    """(max_seq_len, 2, head_dim): for every position, cos and a signed sin, each repeated for
+    the two members of a pair, so that rotate() needs no splitting of pairs (see rotate)."""
+    attention = model.layers[0].attention
+    cos, sin = precompute_freqs_cos_sin(attention.head_dim, attention.max_seq_len, attention.rope_theta,
+                                        model.device)  # (max_seq_len, head_dim // 2) each
+    signed_sin = torch.stack((-sin, sin), dim=-1).flatten(-2)  # -sin for x[2i], +sin for x[2i+1]
+    return torch.stack((cos.repeat_interleave(2, dim=-1), signed_sin), dim=1)
+
+
+def rotate(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate every pair (x[2i], x[2i+1]) of x (B, heads, head_dim) by its angle, as rope.py does:
+    (x0 c - x1 s, x1 c + x0 s) = x * cos + swap(x) * signed_sin, swap exchanging each pair's
+    members. cos_sin (B or 1, 2, head_dim) holds the rows of rotary_table at each row's position."""
+    cos, signed_sin = cos_sin[:, None, 0], cos_sin[:, None, 1]  # (B or 1, 1, head_dim)
+    rows = x.float()  # rotated in float32, as rope.py does, and cast back
+    swapped = rows.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) in every pair
+    return (rows * cos + swapped * signed_sin).type_as(x)
+
+
+class DecodingStep(nn.Module):
+    """One new token per row through the whole model, on the caches Llama.forward filled.
+
+    Built once per model (the fused weights are copies: the model itself is left unchanged);
+    call it with the newest tokens, their positions and the cache length before them."""
+
+    def __init__(self, model: Llama):
+        super().__init__()
+        config = model.config
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.model = model
+        self.qkv = nn.ModuleList(fuse([layer.attention.compute_query, layer.attention.compute_key,
+                                       layer.attention.compute_value]) for layer in model.layers)
+        self.gate_up = nn.ModuleList(fuse([layer.feed_forward.w1, layer.feed_forward.w3])
+                                     for layer in model.layers)
+        self.register_buffer("rotary", rotary_table(model), persistent=False)
+        # config.norm_type: every norm is of one kind. F.rms_norm is RMSNorm in one call, with the
+        # same float32 result; other weights (bf16) and LayerNorm run the modules themselves.
+        self.rms = isinstance(model.norm, RMSNorm) and model.dtype == torch.float32
+
+    def norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps) if self.rms else norm(x)
+
+    def forward(self, tokens: torch.Tensor, positions, kv_cache: list[KVCache],
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B,) at `positions` (an int, or (B,) for a padded batch) -> logits (B, V).
+
+        Every layer appends one key and value per row at index kv_cache[i].length. key_mask
+        (B, 1, 1, S), S = that length + 1, is True at the real tokens (None: all of them)."""
+        n_q, n_kv, head_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.head_dim
+        batch_size = tokens.shape[0]
+        cos_sin = self.rotary[positions]  # (2, head_dim) or (B, 2, head_dim)
+        cos_sin = cos_sin.view(-1, 2, head_dim)
+        h = self.model.tok_embeddings(tokens)  # (B, dim)
+        for layer, qkv, gate_up, cache in zip(self.model.layers, self.qkv, self.gate_up, kv_cache):
+            query, key, value = qkv(self.norm(layer.attention_norm, h)).split((n_q, n_kv, n_kv), dim=-1)
+            query = rotate(query.view(batch_size, -1, head_dim), cos_sin)  # (B, n_heads, head_dim)
+            key = rotate(key.view(batch_size, -1, head_dim), cos_sin)  # (B, n_kv_heads, head_dim)
+            length = cache.length
+            cache.keys[:, :, length] = key
+            cache.values[:, :, length] = value.view(batch_size, -1, head_dim)
+            cache.length = length + 1
+            attended = F.scaled_dot_product_attention(
+                query[:, :, None], cache.keys[:, :, :length + 1], cache.values[:, :, :length + 1],
+                attn_mask=key_mask, enable_gqa=True)  # (B, n_heads, 1, head_dim); kv heads shared, not copied
+            h = h + layer.attention.compute_output(attended.view(batch_size, n_q))
+            gate, up = gate_up(self.norm(layer.ffn_norm, h)).chunk(2, dim=-1)
+            h = h + layer.feed_forward.w2(F.silu(gate) * up)
+        return self.model.output(self.norm(self.model.norm, h))  # (B, V)
+
+
+def covers(model: Llama, total_len: int) -> bool:
+    """Whether this path can decode: an inference model whose window never slides (Llama.generate
+    re-encodes the whole window at every step once it has; nothing is left to save there)."""
+    return not model.training and total_len <= model.config.max_seq_len
+
+
+@torch.no_grad()
+def generate(model: Llama, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             epsilon: float = 0.05, top_k: int | None = None, top_p: float | None = None, stop_tokens=None,
+             attention_mask: torch.Tensor | None = None, step: DecodingStep | None = None) -> torch.Tensor:
+    """Llama.generate's tokens, faster: see the module docstring. `step` is a DecodingStep of
+    `model` to reuse (building one copies the fused weights); a context that would slide past
+    max_seq_len, or a model in training mode, goes through model.generate instead."""
+    batch_size, prompt_len = idx.shape
+    total_len = prompt_len + max_new_tokens
+    if not covers(model, total_len) or max_new_tokens <= 0:
+        return model.generate(idx, max_new_tokens, temperature, epsilon, top_k, top_p, stop_tokens, attention_mask)
+    step = step or DecodingStep(model)
+    tokens = idx.new_empty(batch_size, total_len)
+    tokens[:, :prompt_len] = idx
+    kv_cache = model.new_kv_cache(batch_size, total_len)
+    logits, _ = model(idx, attention_mask=attention_mask, kv_cache=kv_cache)  # the prompt, at once
+    logits = logits[:, -1]
+    if attention_mask is None:
+        positions, key_mask = prompt_len, None  # one int for the whole batch
+    else:
+        positions = attention_mask.sum(-1)  # (B,): the real tokens before the next one
+        key_mask = attention_mask.new_ones(batch_size, 1, 1, total_len, dtype=torch.bool)
+        key_mask[:, 0, 0, :prompt_len] = attention_mask.bool()  # generated tokens are real
+    if stop_tokens is not None:
+        stop_tokens = torch.tensor(list(stop_tokens), dtype=idx.dtype, device=idx.device)
+        finished = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
+    for end in range(prompt_len, total_len):  # tokens[:, :end] are known, tokens[:, end] is next
+        next_token = sample_next_token(logits, temperature, epsilon, top_k, top_p)[:, 0]
+        if stop_tokens is not None:
+            next_token = torch.where(finished, tokens[:, end - 1], next_token)
+            finished |= torch.isin(next_token, stop_tokens)
+        tokens[:, end] = next_token
+        if end + 1 == total_len or (stop_tokens is not None and finished.all()):
+            return tokens[:, :end + 1]
+        logits = step(next_token, positions, kv_cache, None if key_mask is None else key_mask[..., :end + 1])
+        positions = positions + 1
+    return tokens

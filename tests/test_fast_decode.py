@@ -1,0 +1,85 @@
+"""Tests for fast_decode.py: its tokens against Llama.generate's and against a loop of full
+forwards, its one-token step against Llama.forward's logits, for plain and grouped-query
+attention, RMSNorm and LayerNorm, float32 and int8 layers, batch 1 and left-padded batches,
+stop tokens, sampling, and the hand-back to Llama.generate where the window would slide."""
+
+import pytest
+import torch
+
+import fast_decode
+from quantize import prepare_for_inference
+from test_generate import left_pad, manual_greedy, random_tokens, tiny_llama
+
+pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
+
+MODELS = {"mha": dict(n_kv_heads=4), "gqa": dict(n_kv_heads=2), "mqa": dict(n_kv_heads=1),
+          "layernorm": dict(norm_type="layernorm")}
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_step_logits_equal_a_full_forward(kind):
+    """Reference: Llama.forward over the whole sequence, without a cache, at the last position."""
+    model = tiny_llama(**MODELS[kind])
+    idx = random_tokens(2, 9)
+    step = fast_decode.DecodingStep(model)
+    with torch.no_grad():
+        cache = model.new_kv_cache(2, 20)
+        model(idx[:, :6], kv_cache=cache)
+        for end in range(6, 9):  # feed tokens 6, 7, 8 one at a time
+            got = step(idx[:, end], end, cache)
+            want, _ = model(idx[:, :end + 1])
+            torch.testing.assert_close(got, want[:, -1], rtol=1e-5, atol=1e-5)
+    assert cache[0].length == 9
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_greedy_tokens_equal_llama_generate_and_a_manual_loop(kind):
+    model = tiny_llama(**MODELS[kind])
+    idx = random_tokens(1, 5)
+    out = fast_decode.generate(model, idx, 15, temperature=0.0)
+    assert out.shape == (1, 20)
+    assert torch.equal(out, model.generate(idx, 15, temperature=0.0))
+    assert torch.equal(out, manual_greedy(model, idx, 15))
+    assert len(set(out[0, 5:].tolist())) > 3  # a varied continuation: the comparison means something
+
+
+def test_left_padded_batch_equals_llama_generate_and_each_prompt_alone():
+    model = tiny_llama()
+    prompts = [random_tokens(n) for n in (3, 7, 5)]
+    idx, mask = left_pad(prompts)
+    out = fast_decode.generate(model, idx, 10, temperature=0.0, attention_mask=mask)
+    assert torch.equal(out, model.generate(idx, 10, temperature=0.0, attention_mask=mask))
+    for row, prompt in enumerate(prompts):
+        alone = fast_decode.generate(model, prompt[None], 10, temperature=0.0)
+        assert torch.equal(out[row, 7:], alone[0, len(prompt):])
+
+
+def test_stop_tokens_and_sampling_follow_llama_generate():
+    """Same stops per row and early exit; same draws from the same seed (one multinomial per step)."""
+    model = tiny_llama()
+    idx = random_tokens(2, 4)
+    free_run = model.generate(idx, 12, temperature=0.0)
+    stops = {free_run[0, 6].item(), free_run[1, 7].item()}
+    assert torch.equal(fast_decode.generate(model, idx, 12, temperature=0.0, stop_tokens=stops),
+                       model.generate(idx, 12, temperature=0.0, stop_tokens=stops))
+    runs = []
+    for generate in (model.generate, lambda *a, **k: fast_decode.generate(model, *a, **k)):
+        torch.manual_seed(3)
+        runs.append(generate(idx, 15, temperature=1.0, epsilon=0.0, top_k=20))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_int8_tokens_equal_the_int8_model_through_llama_generate():
+    """The fused q/k/v and w1/w3 int8 layers compute what the separate ones do (per-row scales)."""
+    model = prepare_for_inference(tiny_llama(dim=64, hidden_dim=96), quantize="int8")
+    idx = random_tokens(1, 5)
+    assert torch.equal(fast_decode.generate(model, idx, 15, temperature=0.0), model.generate(idx, 15, temperature=0.0))
+
+
+def test_a_window_that_would_slide_goes_through_llama_generate(monkeypatch):
+    """Past max_seq_len (24) Llama.generate re-encodes the window each step: the fast path hands over."""
+    model = tiny_llama()
+    idx = random_tokens(1, 20)
+    want = model.generate(idx, 10, temperature=0.0)
+    monkeypatch.setattr(fast_decode.DecodingStep, "forward", lambda *args: pytest.fail("the step ran"))
+    assert torch.equal(fast_decode.generate(model, idx, 10, temperature=0.0), want)

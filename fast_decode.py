@@ -6,10 +6,12 @@ step on small operations around it, each cheap but each a separate call from Pyt
 positions and masks, rebuilding the rotary angles, reshaping heads, slicing the cache. Here
 one decoding step is written out for the whole model, in the order the data flows:
 
-- the key/value cache (KVCache) is allocated once and written in place at one index;
+- the key/value cache (KVCache) is allocated once, written in place at one index and attended
+  as a whole through a mask, so that every step has the same shapes (`--compile` then builds
+  one graph for all of them, as gpt-fast does);
 - the rotary cos/sin come from one table, laid out so that rotating a pair is two products
-  and a sum (`rotate`), with the query and key heads rotated together;
-- the padding mask of a batch is built once for every position and only sliced per step;
+  and a sum (`rotate`);
+- the padding mask of a batch is built once; a step only hides the slots not yet written;
 - grouped-query attention lets the fused kernel share the key/value heads (`enable_gqa`)
   instead of copying them n_rep times;
 - linear layers reading the same input are multiplied as one matrix (q, k, v; and w1, w3).
@@ -65,10 +67,11 @@ def rotate(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
 class DecodingStep(nn.Module):
     """One new token per row through the whole model, on the caches Llama.forward filled.
 
-    Built once per model (the fused weights are copies: the model itself is left unchanged);
-    call it with the newest tokens, their positions and the cache length before them."""
+    Built once per model (the fused weights are copies: the model itself is left unchanged).
+    Every step has the same shapes (forward), so `compile` (torch.compile; it needs a C++
+    compiler and takes tens of seconds) builds one graph that fuses the small operations."""
 
-    def __init__(self, model: Llama):
+    def __init__(self, model: Llama, compile: bool = False):
         super().__init__()
         config = model.config
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
@@ -81,31 +84,32 @@ class DecodingStep(nn.Module):
         # config.norm_type: every norm is of one kind. F.rms_norm is RMSNorm in one call, with the
         # same float32 result; other weights (bf16) and LayerNorm run the modules themselves.
         self.rms = isinstance(model.norm, RMSNorm) and model.dtype == torch.float32
+        if compile:
+            self.forward = torch.compile(self.forward, fullgraph=True)
 
     def norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps) if self.rms else norm(x)
 
-    def forward(self, tokens: torch.Tensor, positions, kv_cache: list[KVCache],
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B,) at `positions` (an int, or (B,) for a padded batch) -> logits (B, V).
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+                kv_cache: list[KVCache], key_mask: torch.Tensor) -> torch.Tensor:
+        """tokens (B,) at positions (B,) (or (1,), shared by the rows) -> logits (B, V).
 
-        Every layer appends one key and value per row at index kv_cache[i].length. key_mask
-        (B, 1, 1, S), S = that length + 1, is True at the real tokens (None: all of them)."""
+        Every layer writes its new key and value at cache index `slot` (1,) and attends over the
+        whole cache buffer (L positions) through key_mask (B or 1, 1, 1, L), True at the real
+        tokens up to `slot`. Positions and slot are tensors and the buffers never change shape,
+        so one step looks like every other (gpt-fast's static cache)."""
         n_q, n_kv, head_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.head_dim
         batch_size = tokens.shape[0]
-        cos_sin = self.rotary[positions]  # (2, head_dim) or (B, 2, head_dim)
-        cos_sin = cos_sin.view(-1, 2, head_dim)
+        cos_sin = self.rotary[positions]  # (B or 1, 2, head_dim)
         h = self.model.tok_embeddings(tokens)  # (B, dim)
         for layer, qkv, gate_up, cache in zip(self.model.layers, self.qkv, self.gate_up, kv_cache):
             query, key, value = qkv(self.norm(layer.attention_norm, h)).split((n_q, n_kv, n_kv), dim=-1)
             query = rotate(query.view(batch_size, -1, head_dim), cos_sin)  # (B, n_heads, head_dim)
             key = rotate(key.view(batch_size, -1, head_dim), cos_sin)  # (B, n_kv_heads, head_dim)
-            length = cache.length
-            cache.keys[:, :, length] = key
-            cache.values[:, :, length] = value.view(batch_size, -1, head_dim)
-            cache.length = length + 1
+            cache.keys.index_copy_(2, slot, key[:, :, None])
+            cache.values.index_copy_(2, slot, value.view(batch_size, -1, 1, head_dim))
             attended = F.scaled_dot_product_attention(
-                query[:, :, None], cache.keys[:, :, :length + 1], cache.values[:, :, :length + 1],
+                query[:, :, None], cache.keys, cache.values,
                 attn_mask=key_mask, enable_gqa=True)  # (B, n_heads, 1, head_dim); kv heads shared, not copied
             h = h + layer.attention.compute_output(attended.view(batch_size, n_q))
             gate, up = gate_up(self.norm(layer.ffn_norm, h)).chunk(2, dim=-1)
@@ -134,14 +138,18 @@ def generate(model: Llama, idx: torch.Tensor, max_new_tokens: int, temperature: 
     tokens = idx.new_empty(batch_size, total_len)
     tokens[:, :prompt_len] = idx
     kv_cache = model.new_kv_cache(batch_size, total_len)
+    for cache in kv_cache:  # the step attends over whole buffers (masked): no uninitialised NaN may hide there
+        cache.keys.zero_()
+        cache.values.zero_()
     logits, _ = model(idx, attention_mask=attention_mask, kv_cache=kv_cache)  # the prompt, at once
     logits = logits[:, -1]
+    slots = torch.arange(total_len, device=idx.device)
+    real = torch.ones(batch_size, 1, 1, total_len, dtype=torch.bool, device=idx.device)  # generated ones too
     if attention_mask is None:
-        positions, key_mask = prompt_len, None  # one int for the whole batch
+        positions = slots[prompt_len:prompt_len + 1]  # (1,): every row at the same position
     else:
+        real[:, 0, 0, :prompt_len] = attention_mask.bool()
         positions = attention_mask.sum(-1)  # (B,): the real tokens before the next one
-        key_mask = attention_mask.new_ones(batch_size, 1, 1, total_len, dtype=torch.bool)
-        key_mask[:, 0, 0, :prompt_len] = attention_mask.bool()  # generated tokens are real
     if stop_tokens is not None:
         stop_tokens = torch.tensor(list(stop_tokens), dtype=idx.dtype, device=idx.device)
         finished = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
@@ -153,6 +161,6 @@ def generate(model: Llama, idx: torch.Tensor, max_new_tokens: int, temperature: 
         tokens[:, end] = next_token
         if end + 1 == total_len or (stop_tokens is not None and finished.all()):
             return tokens[:, :end + 1]
-        logits = step(next_token, positions, kv_cache, None if key_mask is None else key_mask[..., :end + 1])
+        logits = step(next_token, positions, slots[end:end + 1], kv_cache, real & (slots <= end))
         positions = positions + 1
     return tokens

@@ -40,6 +40,8 @@ def main():
     parser.add_argument("--prompt-len", type=int, default=32, help="longest prompt, in tokens")
     parser.add_argument("--batch", type=int, default=8, help="prompts in the batched run")
     parser.add_argument("--no-transformers", action="store_true", help="time ours only")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the fast path's step through torch.compile (needs a C++ compiler)")
     args = parser.parse_args()
     device = common.setup(args)
     n = args.new_tokens
@@ -62,6 +64,11 @@ def main():
     small = {"int8": prepare_for_inference(copy.deepcopy(model), quantize="int8")} if device.type == "cpu" else {}
     small["bf16 weights"] = prepare_for_inference(copy.deepcopy(model), dtype="bfloat16")
     steps = {name: fast_decode.DecodingStep(m) for name, m in [("float32", model), *small.items()]}
+    if args.compile:  # torch.compile of the step: batch 1, float32 and int8 (the first call compiles: untimed)
+        steps.update({"compiled" if name == "float32" else f"compiled {name}":
+                      fast_decode.DecodingStep(steps[name].model, compile=True)
+                      for name in ("float32", *small) if name != "bf16 weights"})
+    label = {name: "fast path" if name == "float32" else f"fast path {name}" for name in steps}
 
     def fast(name, idx, attention_mask=None):
         with common.autocast(args, device):
@@ -77,6 +84,8 @@ def main():
     for name, variant in small.items():
         candidates[f"ours {name}, batch 1"] = lambda v=variant: v.generate(one_prompt, n, temperature=0.0)
         candidates[f"fast path {name}, batch 1"] = lambda name=name: fast(name, one_prompt)
+    for name in (name for name in steps if name.startswith("compiled")):
+        candidates[f"{label[name]}, batch 1"] = lambda name=name: fast(name, one_prompt)
     fast_same = all(torch.equal(fast(name, one_prompt), steps[name].model.generate(one_prompt, n, temperature=0.0))
                     for name in steps) and torch.equal(fast("float32", prompts, mask), ours(prompts, mask))
     hf = None
@@ -119,6 +128,11 @@ def main():
             ratio = rate[f"{path} {name}, batch 1"] / rate["transformers, batch 1"]
             line += "; vs transformers float32: " + (common.verdict(ratio, vs_theirs) if vs_theirs else f"{ratio:.2f}x")
         footer.append(line)
+    for name in (name for name in steps if name.startswith("compiled")):
+        eager = label[name.removeprefix("compiled").strip() or "float32"]
+        compiled = rate[f"{label[name]}, batch 1"]
+        footer.append(f"{label[name]} vs {eager}, batch 1: {compiled / rate[f'{eager}, batch 1']:.2f}x; "
+                      f"vs ours float32: {compiled / rate['ours, batch 1']:.2f}x")
     footer.append(f"fast path tokens equal Llama.generate's (every variant, batch 1 and {args.batch}): "
                   f"{'yes' if fast_same else 'NO'}")
     if hf is not None:

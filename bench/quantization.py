@@ -4,7 +4,7 @@
     python bench/quantization.py --dev-examples 0   # quality on all 1101 SST dev sentences
 
 For each variant of the same loaded model: greedy decoding at batch 1 (tokens/s, alternating
-the variants within this process), the perplexity of the SST dev sentences (each scored as a
+the variants within this process), through Llama.generate and through fast_decode.py, the perplexity of the SST dev sentences (each scored as a
 text of its own, the first token unscored), and zero-shot SST dev accuracy with
 LlamaZeroShotClassifier. Targets: int8 at least 1.5x float32's decoding speed, perplexity
 within 2% of float32's and accuracy within 0.01 of it.
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import fast_decode
 from data import collate, encode_examples, length_sorted_batches, read_examples
 from quantize import prepare_for_inference
 
@@ -71,8 +72,15 @@ def main():
                           device=device)
     decoded = {name: classifier.llama.generate(prompt, args.new_tokens, temperature=0.0)
                for name, classifier in classifiers.items()}
-    seconds = common.compare({name: (lambda c=c: c.llama.generate(prompt, args.new_tokens, temperature=0.0))
-                              for name, c in classifiers.items()}, device, args.repeats)
+    steps = {name: fast_decode.DecodingStep(c.llama) for name, c in classifiers.items()}
+    fast = {name: (lambda c=c, step=steps[name]: fast_decode.generate(c.llama, prompt, args.new_tokens,
+                                                                        temperature=0.0, step=step))
+            for name, c in classifiers.items()}
+    fast_same = all(torch.equal(fast[name](), decoded[name]) for name in VARIANTS)
+    candidates = {name: (lambda c=c: c.llama.generate(prompt, args.new_tokens, temperature=0.0))
+                  for name, c in classifiers.items()}
+    candidates.update({f"{name}, fast path": fn for name, fn in fast.items()})
+    seconds = common.compare(candidates, device, args.repeats)
     quality = {name: (perplexity(c.llama, text_batches), zero_shot_accuracy(c, prompt_batches, labels))
                for name, c in classifiers.items()}
 
@@ -82,17 +90,24 @@ def main():
     for name in VARIANTS:
         ppl, acc = quality[name]
         same = (decoded[name] == decoded["float32"]).float().mean().item()
-        rows.append([name, f"{rate[name]:.1f}", f"{rate[name] / rate['float32']:.2f}x", f"{ppl:.3f}",
+        fast_rate = rate[f"{name}, fast path"]
+        rows.append([name, f"{rate[name]:.1f}", f"{rate[name] / rate['float32']:.2f}x", f"{fast_rate:.1f}",
+                     f"{fast_rate / rate['float32, fast path']:.2f}x", f"{ppl:.3f}",
                      f"{ppl / reference_ppl - 1:+.2%}", f"{acc:.3f}", f"{acc - reference_acc:+.3f}", f"{same:.0%}"])
     int8_ppl, int8_acc = quality["int8 linear layers"]
     footer = ["int8 vs float32 decoding: " + common.verdict(rate["int8 linear layers"] / rate["float32"], 1.5),
+              "int8 vs float32 decoding, fast path: "
+              + common.verdict(rate["int8 linear layers, fast path"] / rate["float32, fast path"], 1.5)
+              + f"; fast path float32 vs Llama.generate float32: {rate['float32, fast path'] / rate['float32']:.2f}x",
+              f"fast path tokens equal Llama.generate's (every variant): {'yes' if fast_same else 'NO'}",
               f"int8 perplexity within 2% of float32: {'met' if abs(int8_ppl / reference_ppl - 1) <= 0.02 else 'MISSED'}; "
               f"zero-shot accuracy within 0.01: {'met' if abs(int8_acc - reference_acc) <= 0.01 else 'MISSED'}",
               f"quality on {len(examples)} SST dev sentences; 'same tokens': share of the {args.new_tokens} greedy "
               "tokens equal to float32's",
               f"machine: {common.machine(device)}"]
     common.print_table(f"SmolLM2-135M ({gguf.name}), greedy decoding at batch 1 ({args.new_tokens} tokens, median "
-                       f"of {args.repeats}) and quality", ["weights", "tokens/s", "speed", "perplexity", "vs f32",
+                       f"of {args.repeats}) and quality", ["weights", "tokens/s", "speed", "fast tok/s", "fast speed",
+                                                           "perplexity", "vs f32",
                                                            "zero-shot acc", "vs f32", "same tokens"], rows, footer)
 
 

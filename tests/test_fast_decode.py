@@ -22,14 +22,17 @@ def test_step_logits_equal_a_full_forward(kind):
     model = tiny_llama(**MODELS[kind])
     idx = random_tokens(2, 9)
     step = fast_decode.DecodingStep(model)
+    slots = torch.arange(20)
     with torch.no_grad():
         cache = model.new_kv_cache(2, 20)
+        for layer_cache in cache:
+            layer_cache.keys.fill_(1e4)  # never-written slots must stay hidden
+            layer_cache.values.fill_(1e4)
         model(idx[:, :6], kv_cache=cache)
         for end in range(6, 9):  # feed tokens 6, 7, 8 one at a time
-            got = step(idx[:, end], end, cache)
+            got = step(idx[:, end], slots[end:end + 1], slots[end:end + 1], cache, (slots <= end)[None, None, None])
             want, _ = model(idx[:, :end + 1])
             torch.testing.assert_close(got, want[:, -1], rtol=1e-5, atol=1e-5)
-    assert cache[0].length == 9
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -83,3 +86,19 @@ def test_a_window_that_would_slide_goes_through_llama_generate(monkeypatch):
     want = model.generate(idx, 10, temperature=0.0)
     monkeypatch.setattr(fast_decode.DecodingStep, "forward", lambda *args: pytest.fail("the step ran"))
     assert torch.equal(fast_decode.generate(model, idx, 10, temperature=0.0), want)
+
+
+def test_compiled_step_gives_the_eager_tokens():
+    """torch.compile of the step (`--compile`): one graph, the same greedy tokens. Skipped where
+    inductor cannot build its C++ kernels (no compiler): compiling is never required."""
+    model = tiny_llama()
+    prompts = [random_tokens(n) for n in (3, 6)]
+    idx, mask = left_pad(prompts)
+    want = fast_decode.generate(model, idx, 10, temperature=0.0, attention_mask=mask)
+    torch._dynamo.reset()
+    try:
+        got = fast_decode.generate(model, idx, 10, temperature=0.0, attention_mask=mask,
+                                   step=fast_decode.DecodingStep(model, compile=True))
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        pytest.skip(f"inductor cannot compile here: {error}")
+    assert torch.equal(got, want)

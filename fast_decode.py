@@ -17,7 +17,8 @@ one decoding step is written out for the whole model, in the order the data flow
 - linear layers reading the same input are multiplied as one matrix (q, k, v; and w1, w3).
 
 The prompt itself goes through `Llama.forward`, which fills the cache; every token after it
-goes through `DecodingStep`. The tokens are those of `Llama.generate` (tests/test_fast_decode.py):
+goes through `DecodingStep`. The tokens are those of `Llama.generate` for float32 and int8
+weights (tests/test_fast_decode.py; bf16 sums round in another order, which can flip a near-tie):
 `generate` here has its arguments, and hands back to it whatever this path does not cover.
 """
 

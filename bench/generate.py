@@ -86,8 +86,10 @@ def main():
         candidates[f"fast path {name}, batch 1"] = lambda name=name: fast(name, one_prompt)
     for name in (name for name in steps if name.startswith("compiled")):
         candidates[f"{label[name]}, batch 1"] = lambda name=name: fast(name, one_prompt)
+    # bf16 sums round in another order on the fast path, which can flip a near-tie: not compared.
     fast_same = all(torch.equal(fast(name, one_prompt), steps[name].model.generate(one_prompt, n, temperature=0.0))
-                    for name in steps) and torch.equal(fast("float32", prompts, mask), ours(prompts, mask))
+                    for name in steps if "bf16" not in name) and torch.equal(fast("float32", prompts, mask),
+                                                                              ours(prompts, mask))
     hf = None
     if not args.no_transformers:
         try:
@@ -133,7 +135,7 @@ def main():
         compiled = rate[f"{label[name]}, batch 1"]
         footer.append(f"{label[name]} vs {eager}, batch 1: {compiled / rate[f'{eager}, batch 1']:.2f}x; "
                       f"vs ours float32: {compiled / rate['ours, batch 1']:.2f}x")
-    footer.append(f"fast path tokens equal Llama.generate's (every variant, batch 1 and {args.batch}): "
+    footer.append(f"fast path tokens equal Llama.generate's (float32 and int8, batch 1 and {args.batch}): "
                   f"{'yes' if fast_same else 'NO'}")
     if hf is not None:
         footer.insert(0, "ours vs transformers, batch 1: "

@@ -107,8 +107,9 @@ class DecodingStep(nn.Module):
             query, key, value = qkv(self.norm(layer.attention_norm, h)).split((n_q, n_kv, n_kv), dim=-1)
             query = rotate(query.view(batch_size, -1, head_dim), cos_sin)  # (B, n_heads, head_dim)
             key = rotate(key.view(batch_size, -1, head_dim), cos_sin)  # (B, n_kv_heads, head_dim)
-            cache.keys.index_copy_(2, slot, key[:, :, None])
-            cache.values.index_copy_(2, slot, value.view(batch_size, -1, 1, head_dim))
+            # (.to: under autocast the projections are bf16 and the cache is the model's dtype.)
+            cache.keys.index_copy_(2, slot, key[:, :, None].to(cache.keys.dtype))
+            cache.values.index_copy_(2, slot, value.view(batch_size, -1, 1, head_dim).to(cache.values.dtype))
             attended = F.scaled_dot_product_attention(
                 query[:, :, None], cache.keys, cache.values,
                 attn_mask=key_mask, enable_gqa=True)  # (B, n_heads, 1, head_dim); kv heads shared, not copied

@@ -79,6 +79,14 @@ def test_int8_tokens_equal_the_int8_model_through_llama_generate():
     assert torch.equal(fast_decode.generate(model, idx, 15, temperature=0.0), model.generate(idx, 15, temperature=0.0))
 
 
+def test_bf16_autocast_runs_and_follows_llama_generate():
+    """Under autocast (the GPU benches' --bf16) the projections are bf16 and the cache float32."""
+    model = tiny_llama()
+    idx = random_tokens(1, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fast_decode.generate(model, idx, 10, temperature=0.0), model.generate(idx, 10, temperature=0.0))
+
+
 def test_a_window_that_would_slide_goes_through_llama_generate(monkeypatch):
     """Past max_seq_len (24) Llama.generate re-encodes the window each step: the fast path hands over."""
     model = tiny_llama()

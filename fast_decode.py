@@ -31,6 +31,10 @@ from quantize import Int8Linear, concat_int8
 from rope import precompute_freqs_cos_sin
 
 
+def fusable(linears: list[nn.Module]) -> bool:
+    return all(type(m) is nn.Linear for m in linears) or all(type(m) is Int8Linear for m in linears)
+
+
 def fuse(linears: list[nn.Module]) -> nn.Module:
     """One bias-free linear layer whose outputs are those of `linears` side by side: the input
     is read (and, for int8, quantised) once, and one matrix product replaces several."""
@@ -39,10 +43,7 @@ def fuse(linears: list[nn.Module]) -> nn.Module:
                           device="meta")
         fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in linears]), requires_grad=False)
         return fused
-    if all(type(m) is Int8Linear for m in linears):
-        return concat_int8(linears)
-    raise TypeError(f"cannot fuse {', '.join(type(m).__name__ for m in linears)}: "
-                    "only plain nn.Linear or Int8Linear layers")
+    return concat_int8(linears)
 
 
 def rotary_table(model: Llama) -> torch.Tensor:
@@ -121,8 +122,11 @@ class DecodingStep(nn.Module):
 
 def covers(model: Llama, total_len: int) -> bool:
     """Whether this path can decode: an inference model whose window never slides (Llama.generate
-    re-encodes the whole window at every step once it has; nothing is left to save there)."""
-    return not model.training and total_len <= model.config.max_seq_len
+    re-encodes the whole window at every step once it has; nothing is left to save there) and
+    whose projections fuse (plain or int8 linear layers, not e.g. LoRA-wrapped ones)."""
+    groups = [[layer.attention.compute_query, layer.attention.compute_key, layer.attention.compute_value]
+              for layer in model.layers] + [[layer.feed_forward.w1, layer.feed_forward.w3] for layer in model.layers]
+    return not model.training and total_len <= model.config.max_seq_len and all(map(fusable, groups))
 
 
 @torch.no_grad()

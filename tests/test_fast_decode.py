@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fast_decode
+from lora import apply_lora
 from quantize import prepare_for_inference
 from test_generate import left_pad, manual_greedy, random_tokens, tiny_llama
 
@@ -87,12 +88,19 @@ def test_bf16_autocast_runs_and_follows_llama_generate():
         assert torch.equal(fast_decode.generate(model, idx, 10, temperature=0.0), model.generate(idx, 10, temperature=0.0))
 
 
-def test_a_window_that_would_slide_goes_through_llama_generate(monkeypatch):
-    """Past max_seq_len (24) Llama.generate re-encodes the window each step: the fast path hands over."""
-    model = tiny_llama()
-    idx = random_tokens(1, 20)
+@pytest.mark.parametrize("case", ["window slides", "lora", "training"])
+def test_what_the_fast_path_does_not_cover_goes_through_llama_generate(case, monkeypatch):
+    """Past max_seq_len (24) Llama.generate re-encodes the window each step; LoRA-wrapped
+    projections do not fuse; training mode has dropout: the fast path hands over to it."""
+    model = tiny_llama(dropout=0.1) if case == "training" else tiny_llama()
+    idx = random_tokens(1, 20 if case == "window slides" else 5)
+    if case == "lora":
+        apply_lora(model, rank=2, alpha=1.0)
+    model.train(case == "training")
+    torch.manual_seed(1)
     want = model.generate(idx, 10, temperature=0.0)
     monkeypatch.setattr(fast_decode.DecodingStep, "forward", lambda *args: pytest.fail("the step ran"))
+    torch.manual_seed(1)
     assert torch.equal(fast_decode.generate(model, idx, 10, temperature=0.0), want)
 
 

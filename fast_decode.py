@@ -1,20 +1,24 @@
 """Generation with less work per token around the weights (after gpt-fast's generate.py).
 
 Decoding one token at batch 1 multiplies every weight matrix by one vector: the weights'
-memory traffic is all that cannot be avoided. `Llama.generate` spends another quarter of a
-step on small operations around it, each cheap but each a separate call from Python: building
-positions and masks, rebuilding the rotary angles, reshaping heads, slicing the cache. Here
-one decoding step is written out for the whole model, in the order the data flows:
+memory traffic is all that cannot be avoided. `Llama.generate` reaches about three quarters
+of the speed of those products alone (bench/generate.py); the rest goes to the small
+operations around them: norms, rotations, reshaping heads, the cache, the mask. Here one
+decoding step is written out for the whole model, in the order the data flows, with few of them:
 
 - the key/value cache (KVCache) is allocated once, written in place at one index and attended
-  as a whole through a mask, so that every step has the same shapes (`--compile` then builds
-  one graph for all of them, as gpt-fast does);
+  as a whole through a mask, so that every step has the same shapes;
 - the rotary cos/sin come from one table, laid out so that rotating a pair is two products
   and a sum (`rotate`);
 - the padding mask of a batch is built once; a step only hides the slots not yet written;
 - grouped-query attention lets the fused kernel share the key/value heads (`enable_gqa`)
   instead of copying them n_rep times;
 - linear layers reading the same input are multiplied as one matrix (q, k, v; and w1, w3).
+
+Eager, on a CPU, this gains little on its own (a small operation costs its pass over memory
+more than its call). What it buys is one shape for every step, so that torch.compile
+(`DecodingStep(model, compile=True)`) fuses the small operations into a few kernels, which is
+what brings float32 near the floor and int8 to twice float32's speed (README, "Lower precision").
 
 The prompt itself goes through `Llama.forward`, which fills the cache; every token after it
 goes through `DecodingStep`. The tokens are those of `Llama.generate` for float32 and int8
@@ -32,6 +36,7 @@ from rope import precompute_freqs_cos_sin
 
 
 def fusable(linears: list[nn.Module]) -> bool:
+    """Whether fuse() takes these: all plain nn.Linear, or all Int8Linear."""
     return all(type(m) is nn.Linear for m in linears) or all(type(m) is Int8Linear for m in linears)
 
 

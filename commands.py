@@ -205,6 +205,33 @@ def read_split(path, args) -> list:
     return read_examples(path, args.limit)
 
 
+def training_split(paths: dict[str, Path], label_names: list[str], args):
+    """The training split, read as --limit / --stratified say; its labels must use the mapping's ids."""
+    from classification import Split
+
+    examples = read_split(paths["train"], args)
+    check_mapping_size(examples, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
+    return Split("train", paths["train"], examples, None)
+
+
+def prediction_splits(paths: dict[str, Path], label_names: list[str], dataset: str, method: str, args,
+                      out_dir: Path) -> dict:
+    """dev, and test unless --skip_test: read as --limit / --stratified say, labels checked against the
+    mapping, each with the file its predictions go to: --dev_out / --test_out, else
+    `<dataset>-<split>-<method>-output.txt` in out_dir (the folder checked writable now, not after training)."""
+    from classification import Split
+
+    splits = {}
+    for name in ("dev",) if args.skip_test else ("dev", "test"):
+        given = getattr(args, f"{name}_out")
+        predictions_out = Path(given) if given else out_dir / f"{dataset}-{name}-{method}-output.txt"
+        checked_output_folder(predictions_out.parent)
+        examples = read_split(paths[name], args)
+        check_labels(examples, label_names, paths["labels"])
+        splits[name] = Split(name, paths[name], examples, predictions_out)
+    return splits
+
+
 # The method settings a classification checkpoint was trained with: --checkpoint_in rebuilds its
 # model with them, whatever the command line says.
 TRAINED_WITH = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "n_virtual_tokens", "prompt_init", "seed",
@@ -216,7 +243,7 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     data, then classification.py."""
     import torch
 
-    from classification import ClassificationRun, Split, run_classification
+    from classification import ClassificationRun, run_classification
     from classification_methods import METHOD_NAMES, ClassifierChoice, lora_targets
 
     paths = data_paths(args)
@@ -237,21 +264,12 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
         recorded = {}
     option, dataset = args.option, dataset_name(paths["dev"])
     method = "advanced" if args.advanced else METHOD_NAMES[option]
-    outputs = {"dev": Path(args.dev_out) if args.dev_out else out_dir / f"{dataset}-dev-{method}-output.txt",
-               "test": Path(args.test_out) if args.test_out else out_dir / f"{dataset}-test-{method}-output.txt"}
-    for path in outputs.values():
-        checked_output_folder(path.parent)
     splits, demonstrations = {}, ()
     if option != "prompt" and args.checkpoint_in is None:
-        train = read_split(paths["train"], args)
-        check_mapping_size(train, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
-        splits["train"] = Split("train", paths["train"], train, None)
+        splits["train"] = training_split(paths, label_names, args)
     elif option == "prompt" and args.shots:
         demonstrations = draw_shots(read_examples(paths["train"]), label_names, paths, args)
-    for name in ("dev",) if args.skip_test else ("dev", "test"):
-        examples = read_split(paths[name], args)
-        check_labels(examples, label_names, paths["labels"])
-        splits[name] = Split(name, paths[name], examples, outputs[name])
+    splits.update(prediction_splits(paths, label_names, dataset, method, args, out_dir))
     print(", ".join(f"{name}: {len(split.examples)} examples" for name, split in splits.items()))
 
     lora = recorded.get("lora") or {"rank": trained_with["lora_rank"], "alpha": trained_with["lora_alpha"]}
@@ -277,7 +295,8 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     print(f"loading {checkpoint} ...")
     tokenizer = load_tokenizer(args, checkpoint)
     summary = run_classification(run, tokenizer, device, dist)
-    summary_out = Path(args.summary_out) if args.summary_out else outputs["dev"].parent / f"{dataset}-{method}-output.json"
+    summary_out = (Path(args.summary_out) if args.summary_out else
+                   splits["dev"].predictions_out.parent / f"{dataset}-{method}-output.json")
     return {**summary, "summary_out": summary_out}
 
 
@@ -344,7 +363,6 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
     and the splits to classify after training (dev/test: by default beside --dev as for the other
     options; with --instructions only when --dev is given), then instruct_tuning.py."""
     from chat import ChatTemplateError
-    from classification import Split
     from instruct_data import InstructionDataError, read_conversations
     from instruct_tuning import InstructionTuning, run_instruction_tuning
 
@@ -359,16 +377,8 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
         paths = data_paths(args)
         label_names, dataset = read_label_names(paths["labels"]), dataset_name(paths["dev"])
         if conversations is None:
-            examples = read_examples(paths["train"], args.limit)
-            check_mapping_size(examples, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
-            train = Split("train", paths["train"], examples, None)
-        outputs = {"dev": Path(args.dev_out) if args.dev_out else out_dir / f"{dataset}-dev-instruct_tune-output.txt",
-                   "test": Path(args.test_out) if args.test_out else out_dir / f"{dataset}-test-instruct_tune-output.txt"}
-        for name in ("dev",) if args.skip_test else ("dev", "test"):
-            checked_output_folder(outputs[name].parent)
-            examples = read_examples(paths[name], args.limit)
-            check_labels(examples, label_names, paths["labels"])
-            splits[name] = Split(name, paths[name], examples, outputs[name])
+            train = training_split(paths, label_names, args)
+        splits = prediction_splits(paths, label_names, dataset, "instruct_tune", args, out_dir)
     checkpoint = resolve_checkpoint(args.pretrained_model_path)
     run = InstructionTuning(
         checkpoint=checkpoint, model_overrides=model_overrides(args), peft=args.peft, lora_rank=args.lora_rank,
@@ -384,5 +394,5 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
     except ChatTemplateError as error:
         raise RunError(str(error)) from None
     summary_out = Path(args.summary_out) if args.summary_out else (
-        (outputs["dev"].parent if splits else out_dir) / f"{dataset}-instruct_tune-output.json")
+        (splits["dev"].predictions_out.parent if splits else out_dir) / f"{dataset}-instruct_tune-output.json")
     return {**summary, "summary_out": summary_out}

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from chat import ChatTemplate, stop_condition
 from classification import (ClassificationHooks, Split, count_parameters, load_checkpoint, predict, report_split,
-                            trained_state, write_predictions)
+                            save_checkpoint, write_predictions)
 from classification_methods import check_vocabulary
 from data import InputError, epoch_rows, length_sorted_batches
 from instruct_data import classification_conversations, classification_instruction, encode_conversation, parse_label
@@ -40,7 +40,6 @@ from llama import load_pretrained
 from objectives import IGNORE, LanguageModelLoss
 from prompting import Prompt, PromptClassifier
 from training import Distributed, LoopSettings, TrainingDiverged, autocast, train
-from utils import atomic_path
 
 ANSWER_TOKENS = 16  # generate-and-parse: a label word comes first in a short answer
 
@@ -252,12 +251,6 @@ def score_answers(split: Split, answers: list[str], label_names: list[str]) -> d
 # Training
 
 
-def save_checkpoint(path: Path, llama, info: dict) -> None:
-    """The trained tensors (all, or the adapters) with what rebuilds the model around them."""
-    with atomic_path(path) as temporary:
-        torch.save({"model": trained_state(llama), "model_config": llama.config.to_dict(), **info}, temporary)
-
-
 class InstructionHooks(ClassificationHooks):
     """After every epoch (or --eval_every steps): the dev accuracy of the label-word scoring picks
     the checkpoint to keep (without dev labels, the latest); prints the epoch's line. The
@@ -291,8 +284,8 @@ class InstructionHooks(ClassificationHooks):
         if improved:
             self.best_epoch, self.best_log_probs = epoch, self.latest_log_probs
             if self.dist.is_main:
-                save_checkpoint(self.checkpoint_path, self.llama, {**self.info, "epoch": epoch, "step": state.step,
-                                                                   "dev_acc": record["dev_acc"]})
+                save_checkpoint(self.checkpoint_path, self.llama, self.llama.config,
+                                {**self.info, "epoch": epoch, "step": state.step, "dev_acc": record["dev_acc"]})
         if self.dist.is_main:
             dev = f", dev acc :: {record['dev_acc']:.3f} (label words)" if self.scored else ""
             print(f"epoch {epoch}, step {state.step}: train loss :: {record['train_loss']:.3f}{dev}, "

@@ -34,7 +34,7 @@ from chat import ChatTemplate, stop_condition
 from classification import (ClassificationHooks, Split, count_parameters, load_checkpoint, predict, report_split,
                             save_checkpoint, write_predictions)
 from classification_methods import check_vocabulary
-from data import InputError, epoch_rows, length_sorted_batches
+from data import InputError, collate, epoch_rows, length_sorted_batches
 from instruct_data import classification_conversations, classification_instruction, encode_conversation, parse_label
 from llama import load_pretrained
 from objectives import IGNORE, LanguageModelLoss
@@ -142,18 +142,12 @@ def training_examples(run: InstructionTuning, template: ChatTemplate, tokenizer,
     return [shifted(ids, mask) for ids, mask in kept]
 
 
-def pad(rows: list[list[int]], value: int, device) -> torch.Tensor:
-    """Right-pad lists of ids into one (B, T) tensor."""
-    longest = max(len(row) for row in rows)
-    return torch.tensor([row + [value] * (longest - len(row)) for row in rows], device=device)
-
-
 def instruction_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict:
-    """input_ids, attention_mask and targets (B, T), right-padded; padding's targets are IGNORE."""
-    inputs = [ids for ids, _ in examples]
-    return {"input_ids": pad(inputs, pad_id, device),
-            "attention_mask": pad([[1] * len(ids) for ids in inputs], 0, device),
-            "targets": pad([targets for _, targets in examples], IGNORE, device)}
+    """input_ids, attention_mask and targets (B, T), right-padded by data.collate; padding's targets
+    are IGNORE (a row's inputs and targets have the same length, so both pad to the same T)."""
+    input_ids, attention_mask = collate([ids for ids, _ in examples], pad_id, device)
+    targets, _ = collate([targets for _, targets in examples], IGNORE, device)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "targets": targets}
 
 
 def epoch_batches(examples, batch_size: int, pad_id: int, device, seed: int):

@@ -23,7 +23,8 @@ GENERATION_PROMPT = ("I have wanted to see this thriller for a while, and it did
 # What the loop's flags default to when a command leaves them out: classification keeps upstream's
 # plain AdamW at a constant rate; pre-training follows llama2.c's and nanoGPT's recipes.
 LOOP_DEFAULTS = {
-    "classification": {"lr": 2e-5, "lr_schedule": "constant", "weight_decay": 0.0, "beta2": 0.999, "max_grad_norm": None},
+    "classification": {"lr": 2e-5, "lr_schedule": "constant", "weight_decay": 0.0, "beta2": 0.999,
+                       "max_grad_norm": None},
     "pretrain": {"lr": 5e-4, "lr_schedule": "cosine", "weight_decay": 0.1, "beta2": 0.99, "max_grad_norm": 1.0},
 }
 ARCHITECTURE_FLAGS = ("dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len")
@@ -156,7 +157,8 @@ def run_generate(args, device, out_dir: Path) -> dict:
 
     model, tokenizer = load_for_inference(args, device)
     prompt = torch.tensor([tokenizer.encode(GENERATION_PROMPT, bos=True, eos=False)], device=device)
-    for temperature, name in ((0.0, args.generated_sentence_low_temp_out), (1.0, args.generated_sentence_high_temp_out)):
+    outputs = ((0.0, args.generated_sentence_low_temp_out), (1.0, args.generated_sentence_high_temp_out))
+    for temperature, name in outputs:
         with autocast(device), decoding_filters(model, temperature, args):
             tokens = model.generate(prompt, max_new_tokens=75, temperature=temperature, epsilon=args.epsilon,
                                     top_k=args.top_k, top_p=args.top_p)
@@ -278,10 +280,12 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     choice = ClassifierChoice(option, checkpoint, len(label_names), args.hidden_dropout_prob, args.norm,
                               lora["rank"], lora["alpha"], args.dtype, args.quantize,
                               lora_targets=lora_targets(trained_with["lora_targets"]),
-                              lora_dropout=trained_with["lora_dropout"], n_virtual_tokens=trained_with["n_virtual_tokens"],
+                              lora_dropout=trained_with["lora_dropout"],
+                              n_virtual_tokens=trained_with["n_virtual_tokens"],
                               prompt_init=trained_with["prompt_init"], seed=trained_with["seed"],
-                              demonstrations=demonstrations, calibrate=args.calibrate, chat_template=args.chat_template,
-                              peft=trained_with["peft"], head_init=trained_with["head_init"], mixout=args.mixout, dropout=args.dropout)
+                              demonstrations=demonstrations, calibrate=args.calibrate,
+                              chat_template=args.chat_template, peft=trained_with["peft"],
+                              head_init=trained_with["head_init"], mixout=args.mixout, dropout=args.dropout)
     run = ClassificationRun(
         choice=choice, label_names=label_names, splits=splits, batch_size=args.batch_size,
         max_sentence_len=args.max_sentence_len, epochs=args.epochs, settings=loop_settings(args, "classification"),
@@ -386,7 +390,8 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
         instructions_source=str(args.instructions or f"{train.path} (as instructions)"), label_names=label_names,
         train=train, splits=splits, batch_size=args.batch_size, max_sentence_len=args.max_sentence_len,
         epochs=args.epochs, settings=loop_settings(args, "classification"), seed=args.seed,
-        checkpoint_out=Path(args.checkpoint_out) if args.checkpoint_out else out_dir / f"instruct_tune-{args.epochs}-{args.lr}.pt",
+        checkpoint_out=(Path(args.checkpoint_out) if args.checkpoint_out else
+                        out_dir / f"instruct_tune-{args.epochs}-{args.lr}.pt"),
         record={**vars(args), "pretrained_model_path": str(checkpoint)})
     print(f"loading {checkpoint} ...")
     try:

@@ -83,7 +83,8 @@ def _check_portable(config: LlamaConfig, fmt: str) -> None:
             raise ExportError("llama2.c's run.c fixes RoPE at theta 10000 without scaling; this model has "
                               f"rope_theta={config.rope_theta}, rope_scaling={config.rope_scaling}")
         if config.layer_norm_eps != 1e-5:
-            raise ExportError(f"llama2.c's run.c fixes the RMSNorm epsilon at 1e-5; this model has {config.layer_norm_eps}")
+            raise ExportError("llama2.c's run.c fixes the RMSNorm epsilon at 1e-5; "
+                              f"this model has {config.layer_norm_eps}")
     if fmt == "gguf" and config.rope_scaling is not None:
         raise ExportError("GGUF export of Llama 3's rope_scaling is not implemented "
                           "(llama.cpp keeps it as a rope_freqs tensor); export it with --format hf")

@@ -145,7 +145,8 @@ class Tokenizer:
             from hf_tokenizer import write_tokenizer_files
             return write_tokenizer_files(self, Path(folder))
         else:
-            path, data = Path(folder) / "char_tokenizer.json", json.dumps({"type": "char", "chars": self.chars}).encode()
+            path = Path(folder) / "char_tokenizer.json"
+            data = json.dumps({"type": "char", "chars": self.chars}).encode()
         with atomic_path(path) as temporary:
             temporary.write_bytes(data)
         return path

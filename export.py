@@ -35,7 +35,7 @@ from checkpoints import GGUF_LAYER_NAMES, GGUF_MODEL_NAMES, LLAMA2C_MAGIC, Check
 from config import LlamaConfig
 from hf_checkpoint import hf_config, hf_state_dict, write_folder_atomically
 from hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, sentencepiece_pieces
-from utils import require_file
+from utils import atomic_path, require_file
 
 FORMATS = ("llama2c", "gguf", "hf")
 
@@ -66,10 +66,12 @@ def export(checkpoint, out, fmt: str, tokenizer_path=None) -> Path:
             raise ExportError(f"the tokenizer has {tokenizer.n_words} pieces but {checkpoint} has only "
                               f"{config.vocab_size} embedding rows: give its own with --tokenizer")
     if fmt == "llama2c":
-        write_file_atomically(out, lambda path: write_llama2c(path, config, state_dict))
+        with atomic_path(out) as temporary:
+            write_llama2c(temporary, config, state_dict)
     elif fmt == "gguf":
         metadata = gguf_tokenizer_metadata(tokenizer, config.vocab_size)  # may refuse: before writing
-        write_file_atomically(out, lambda path: write_gguf(path, config, state_dict, metadata))
+        with atomic_path(out) as temporary:
+            write_gguf(temporary, config, state_dict, metadata)
     else:
         write_folder_atomically(out, lambda folder: write_hf(folder, config, state_dict, tokenizer))
     return out
@@ -88,18 +90,6 @@ def _check_portable(config: LlamaConfig, fmt: str) -> None:
     if fmt == "gguf" and config.rope_scaling is not None:
         raise ExportError("GGUF export of Llama 3's rope_scaling is not implemented "
                           "(llama.cpp keeps it as a rope_freqs tensor); export it with --format hf")
-
-
-def write_file_atomically(path: Path, write) -> None:
-    """Call write(temporary path) for a file beside `path`, then rename it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

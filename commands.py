@@ -327,11 +327,12 @@ def draw_shots(train: list, label_names: list[str], paths: dict, args) -> tuple:
 
 
 def run_pretrain_option(args, device, dist, out_dir: Path) -> dict:
-    from config import PRESETS, LlamaConfig
+    from config import ARCHITECTURE_CHOICES, PRESETS, LlamaConfig
     from pretraining import ModelChoice, PretrainData, run_pretraining
 
     fields = dict(PRESETS.get(args.preset, {}))
-    fields.update({flag: getattr(args, flag) for flag in ARCHITECTURE_FLAGS if getattr(args, flag) is not None})
+    fields.update({flag: getattr(args, flag) for flag in (*ARCHITECTURE_FLAGS, *ARCHITECTURE_CHOICES)
+                   if getattr(args, flag) is not None})
     fields.update(model_overrides(args))
     if args.n_heads is not None and args.n_kv_heads is None:
         fields["n_kv_heads"] = args.n_heads  # plain multi-head attention unless asked otherwise

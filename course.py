@@ -125,7 +125,7 @@ SOLUTION_ONLY_METHODS: tuple[Method, ...] = ()
 # Mixout, decoding, continued pre-training): solution-side modules that no skeleton ships, so the
 # students who attempt an A+ item do not find it done.
 SOLUTION_ONLY_MODULES = ("ia3.py", "prompt_tuning.py", "prompting.py", "mixout.py", "wise_ft.py", "decoding.py",
-                         "pretraining.py", "instruct_tuning.py")
+                         "pretraining.py", "instruct_tuning.py", "architectures.py")
 
 
 def here() -> list[Course]:

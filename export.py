@@ -78,6 +78,10 @@ def export(checkpoint, out, fmt: str, tokenizer_path=None) -> Path:
 
 
 def _check_portable(config: LlamaConfig, fmt: str) -> None:
+    changes = config.architecture_changes()
+    if changes:
+        named = ", ".join(f"{name} {value}" for name, value in changes.items())
+        raise ExportError(f"{fmt} stores Llama 2's architecture; this model changes it ({named})")
     if config.norm_type != "rmsnorm":
         raise ExportError(f"{fmt} stores Llama models with RMSNorm; this one uses {config.norm_type}")
     if fmt == "llama2c":

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict
 
 from checkpoints import CheckpointError
+from config import ARCHITECTURE_CHOICES
 from commands import (ARCHITECTURE_FLAGS, DEFAULT_CHECKPOINT, LOOP_DEFAULTS, RunError, checked_output_folder,
                       choose_device, run_chat_option, run_classification_option, run_generate,
                       run_instruct_tune_option, run_pretrain_option)
@@ -139,6 +140,8 @@ def get_args(argv=None) -> argparse.Namespace:
     lm.add_argument("--preset", default=None, help="a llama2.c shape: stories260K, stories15M, stories42M, stories110M")
     for flag in ARCHITECTURE_FLAGS:
         lm.add_argument(f"--{flag}", type=int, default=None)
+    for flag, choices in ARCHITECTURE_CHOICES.items():  # ablations of a new model (architectures.py)
+        lm.add_argument(f"--{flag}", choices=choices, default=None, help=f"default: {choices[0]}, Llama 2's")
     lm.add_argument("--eval_batches", type=int, default=20, help="validation batches per evaluation")
     lm.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its last.pt")
     lm.add_argument("--cache_dir", default=None,
@@ -191,6 +194,9 @@ def validate(args) -> None:
                        "(a model trained with it carries its tokenizer)")
     if args.option == "pretrain":
         validate_pretrain(args)
+    elif any(getattr(args, flag) for flag in ARCHITECTURE_CHOICES):
+        raise RunError(f"{'/'.join('--' + f for f in ARCHITECTURE_CHOICES)} shape a new model: "
+                       "they are for --option pretrain")
     if args.instructions is not None and args.option != "instruct_tune":
         raise RunError("--instructions is the training data of --option instruct_tune")
     if args.checkpoint_in is not None and args.option not in TRAINED:
@@ -295,10 +301,10 @@ def validate_pretrain(args) -> None:
     if args.train_tokenizer is not None and (args.tokenizer is not None or args.pretrained_model_path is not None):
         raise RunError("--train_tokenizer makes a new vocabulary for a new model: leave out --tokenizer "
                        "and --pretrained-model-path")
-    shape_given = args.preset or any(getattr(args, flag) for flag in ARCHITECTURE_FLAGS[:4])
-    if args.pretrained_model_path is not None and shape_given:
+    shape_flags = (*ARCHITECTURE_FLAGS[:4], *ARCHITECTURE_CHOICES)
+    if args.pretrained_model_path is not None and (args.preset or any(getattr(args, f) for f in shape_flags)):
         raise RunError("continued pre-training keeps the checkpoint's shape: leave out --preset and "
-                       "--dim/--n_layers/--n_heads/--n_kv_heads")
+                       f"{'/'.join('--' + f for f in shape_flags)}")
 
 
 def main(argv=None) -> int:

@@ -17,9 +17,7 @@ layer actually computed, so the picture shows the attention the model used.
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import torch.nn.functional as F
 
 from llama import causal_mask, load_pretrained
 from tokenizer import tokenizer_for_checkpoint
-from utils import smollm2_gguf_path
+from utils import atomic_path, smollm2_gguf_path
 
 
 def attention_probabilities(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -116,12 +114,9 @@ def save_attention_grid(maps: torch.Tensor, labels: list[str], path, layer_numbe
                 ax.set_xticks(range(n_tokens), shown, fontsize=5, rotation=90)
     figure.suptitle(title or "attention weights (row: query token, column: key token)")
     figure.tight_layout()
-    path = Path(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent or ".", prefix=path.name, suffix=".part.png",
-                                     delete=False) as part:
-        figure.savefig(part, format="png", dpi=80)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=80)
     plt.close(figure)
-    os.replace(part.name, path)
 
 
 def main(argv=None) -> int:

@@ -102,11 +102,13 @@ def trained_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path, model, info: dict) -> None:
-    """{'model': trained_state, 'model_config': ..., ...}: tensors and builtins only, which
-    torch.load(..., weights_only=True) reads (upstream pickled an argparse.Namespace)."""
+def save_checkpoint(path, model, config, info: dict) -> None:
+    """{'model': trained_state(model), 'model_config': config as a dict, **info}: the trained tensors
+    (all, or the adapters and a head) with what rebuilds the model around them. Tensors and builtins
+    only, which torch.load(..., weights_only=True) reads (upstream pickled an argparse.Namespace).
+    `model` is a classifier or a bare Llama; `config` is its Llama's LlamaConfig."""
     with atomic_path(path) as temporary:
-        torch.save({"model": trained_state(model), "model_config": model.llama.config.to_dict(), **info}, temporary)
+        torch.save({"model": trained_state(model), "model_config": config.to_dict(), **info}, temporary)
 
 
 def load_checkpoint(path, model) -> dict:
@@ -177,8 +179,8 @@ class ClassificationHooks(RunHooks):
         if improved:
             self.best_epoch = epoch
             if self.dist.is_main:
-                save_checkpoint(self.checkpoint_path, self.model, {**self.info, "epoch": epoch, "step": state.step,
-                                                                   "dev_acc": record["dev_acc"]})
+                save_checkpoint(self.checkpoint_path, self.model, self.model.llama.config,
+                                {**self.info, "epoch": epoch, "step": state.step, "dev_acc": record["dev_acc"]})
         if self.dist.is_main:
             at = f"epoch {epoch}" if state.step % self.steps_per_epoch == 0 else f"epoch {epoch}, step {state.step}"
             dev = ("dev labels are placeholders" if self.dev.placeholder_labels else
@@ -333,6 +335,6 @@ def wise_ft(model, zero_shot: dict, run: ClassificationRun, dev_encoded, pad_id:
         for alpha, accuracy in accuracies.items():
             print(f"wise-ft alpha {alpha:g}: dev acc :: {accuracy:.3f}")
         print(f"wise-ft: kept alpha {best:g}")
-        save_checkpoint(run.checkpoint_out, model, {**info, "wise_ft_alpha": best,
-                                                    "dev_acc": accuracies[best]})
+        save_checkpoint(run.checkpoint_out, model, model.llama.config,
+                        {**info, "wise_ft_alpha": best, "dev_acc": accuracies[best]})
     return {"best_alpha": best, "dev_accuracy": {str(a): acc for a, acc in accuracies.items()}}

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier, continuation_ids, load_backbone, zero_shot_question
+from classifier import (LlamaEmbeddingClassifier, LlamaZeroShotClassifier, continuation_ids, load_backbone,
+                        zero_shot_question)
 from data import InputError
 
 # --option -> the word in its output file names (DESIGN.md, "Data and file formats"; new options keep their name)
@@ -56,7 +57,9 @@ class ClassifierChoice:
     @property
     def adapter_method(self) -> str | None:
         """The parameter-efficient method whose tensors train, if any."""
-        return self.peft if self.option == "prompt_finetune" else self.option if self.option in ADAPTER_PREFIXES else None
+        if self.option == "prompt_finetune":
+            return self.peft
+        return self.option if self.option in ADAPTER_PREFIXES else None
 
     @property
     def prompted(self) -> bool:
@@ -126,7 +129,8 @@ def prompt_classifier(config, choice: ClassifierChoice, tokenizer, label_names: 
         from chat import ChatTemplate, ChatTemplateError, zero_shot_chat_prompt
 
         try:
-            prefix, suffix = zero_shot_chat_prompt(ChatTemplate.for_tokenizer(tokenizer), zero_shot_question(label_names))
+            prefix, suffix = zero_shot_chat_prompt(ChatTemplate.for_tokenizer(tokenizer),
+                                                   zero_shot_question(label_names))
         except (ChatTemplateError, ValueError) as error:
             raise InputError(f"--chat_template: {error}") from None
         template = PromptTemplate(suffix=suffix, prefix=prefix)
@@ -140,9 +144,10 @@ def prompt_classifier(config, choice: ClassifierChoice, tokenizer, label_names: 
         prepare_for_inference(llama, choice.dtype, choice.quantize)
     room = prompt.sentence_room(llama.config.max_seq_len)
     if room < 1:
-        raise InputError(f"the prompt ({len(prompt.prefix_ids)} prefix tokens with --shots {len(choice.demonstrations)}, "
-                         f"{len(prompt.suffix_ids)} after the sentence) leaves no room for a sentence in the model's "
-                         f"context of {llama.config.max_seq_len} positions: use fewer --shots")
+        raise InputError(f"the prompt ({len(prompt.prefix_ids)} prefix tokens with --shots "
+                         f"{len(choice.demonstrations)}, {len(prompt.suffix_ids)} after the sentence) leaves no "
+                         f"room for a sentence in the model's context of {llama.config.max_seq_len} positions: "
+                         "use fewer --shots")
     model = PromptClassifier(llama, prompt)
     if choice.option == "prompt_finetune":
         TRAINABLE_PARAMETERS[choice.peft or "finetune"](model, choice)
@@ -160,7 +165,8 @@ def label_word_head(model, tokenizer, label_names: list[str]) -> list[int]:
 
     question = zero_shot_question(label_names)
     try:
-        init_label_word_head(model.classifier_head, model.llama.output, label_word_ids(tokenizer, label_names, question))
+        init_label_word_head(model.classifier_head, model.llama.output,
+                             label_word_ids(tokenizer, label_names, question))
     except ValueError as error:
         raise InputError(f"--head_init label_words: {error}") from None
     return continuation_ids(tokenizer, ".", " " + question)

@@ -24,7 +24,8 @@ GENERATION_PROMPT = ("I have wanted to see this thriller for a while, and it did
 # What the loop's flags default to when a command leaves them out: classification keeps upstream's
 # plain AdamW at a constant rate; pre-training follows llama2.c's and nanoGPT's recipes.
 LOOP_DEFAULTS = {
-    "classification": {"lr": 2e-5, "lr_schedule": "constant", "weight_decay": 0.0, "beta2": 0.999, "max_grad_norm": None},
+    "classification": {"lr": 2e-5, "lr_schedule": "constant", "weight_decay": 0.0, "beta2": 0.999,
+                       "max_grad_norm": None},
     "pretrain": {"lr": 5e-4, "lr_schedule": "cosine", "weight_decay": 0.1, "beta2": 0.99, "max_grad_norm": 1.0},
 }
 ARCHITECTURE_FLAGS = ("dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len")
@@ -158,7 +159,8 @@ def run_generate(args, device, out_dir: Path) -> dict:
     model, tokenizer = load_for_inference(args, device)
     prompt = torch.tensor([tokenizer.encode(GENERATION_PROMPT, bos=True, eos=False)], device=device)
     generate = generator(model, args)
-    for temperature, name in ((0.0, args.generated_sentence_low_temp_out), (1.0, args.generated_sentence_high_temp_out)):
+    outputs = ((0.0, args.generated_sentence_low_temp_out), (1.0, args.generated_sentence_high_temp_out))
+    for temperature, name in outputs:
         with autocast(device), decoding_filters(model, temperature, args):
             tokens = generate(prompt, max_new_tokens=75, temperature=temperature, epsilon=args.epsilon,
                               top_k=args.top_k, top_p=args.top_p)
@@ -220,6 +222,33 @@ def read_split(path, args) -> list:
     return read_examples(path, args.limit)
 
 
+def training_split(paths: dict[str, Path], label_names: list[str], args):
+    """The training split, read as --limit / --stratified say; its labels must use the mapping's ids."""
+    from classification import Split
+
+    examples = read_split(paths["train"], args)
+    check_mapping_size(examples, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
+    return Split("train", paths["train"], examples, None)
+
+
+def prediction_splits(paths: dict[str, Path], label_names: list[str], dataset: str, method: str, args,
+                      out_dir: Path) -> dict:
+    """dev, and test unless --skip_test: read as --limit / --stratified say, labels checked against the
+    mapping, each with the file its predictions go to: --dev_out / --test_out, else
+    `<dataset>-<split>-<method>-output.txt` in out_dir (the folder checked writable now, not after training)."""
+    from classification import Split
+
+    splits = {}
+    for name in ("dev",) if args.skip_test else ("dev", "test"):
+        given = getattr(args, f"{name}_out")
+        predictions_out = Path(given) if given else out_dir / f"{dataset}-{name}-{method}-output.txt"
+        checked_output_folder(predictions_out.parent)
+        examples = read_split(paths[name], args)
+        check_labels(examples, label_names, paths["labels"])
+        splits[name] = Split(name, paths[name], examples, predictions_out)
+    return splits
+
+
 # The method settings a classification checkpoint was trained with: --checkpoint_in rebuilds its
 # model with them, whatever the command line says.
 TRAINED_WITH = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "n_virtual_tokens", "prompt_init", "seed",
@@ -231,7 +260,7 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     data, then classification.py."""
     import torch
 
-    from classification import ClassificationRun, Split, run_classification
+    from classification import ClassificationRun, run_classification
     from classification_methods import METHOD_NAMES, ClassifierChoice, lora_targets
 
     paths = data_paths(args)
@@ -252,21 +281,12 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
         recorded = {}
     option, dataset = args.option, dataset_name(paths["dev"])
     method = "advanced" if args.advanced else METHOD_NAMES[option]
-    outputs = {"dev": Path(args.dev_out) if args.dev_out else out_dir / f"{dataset}-dev-{method}-output.txt",
-               "test": Path(args.test_out) if args.test_out else out_dir / f"{dataset}-test-{method}-output.txt"}
-    for path in outputs.values():
-        checked_output_folder(path.parent)
     splits, demonstrations = {}, ()
     if option != "prompt" and args.checkpoint_in is None:
-        train = read_split(paths["train"], args)
-        check_mapping_size(train, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
-        splits["train"] = Split("train", paths["train"], train, None)
+        splits["train"] = training_split(paths, label_names, args)
     elif option == "prompt" and args.shots:
         demonstrations = draw_shots(read_examples(paths["train"]), label_names, paths, args)
-    for name in ("dev",) if args.skip_test else ("dev", "test"):
-        examples = read_split(paths[name], args)
-        check_labels(examples, label_names, paths["labels"])
-        splits[name] = Split(name, paths[name], examples, outputs[name])
+    splits.update(prediction_splits(paths, label_names, dataset, method, args, out_dir))
     print(", ".join(f"{name}: {len(split.examples)} examples" for name, split in splits.items()))
 
     lora = recorded.get("lora") or {"rank": trained_with["lora_rank"], "alpha": trained_with["lora_alpha"]}
@@ -275,10 +295,12 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     choice = ClassifierChoice(option, checkpoint, len(label_names), args.hidden_dropout_prob, args.norm,
                               lora["rank"], lora["alpha"], args.dtype, args.quantize,
                               lora_targets=lora_targets(trained_with["lora_targets"]),
-                              lora_dropout=trained_with["lora_dropout"], n_virtual_tokens=trained_with["n_virtual_tokens"],
+                              lora_dropout=trained_with["lora_dropout"],
+                              n_virtual_tokens=trained_with["n_virtual_tokens"],
                               prompt_init=trained_with["prompt_init"], seed=trained_with["seed"],
-                              demonstrations=demonstrations, calibrate=args.calibrate, chat_template=args.chat_template,
-                              peft=trained_with["peft"], head_init=trained_with["head_init"], mixout=args.mixout, dropout=args.dropout)
+                              demonstrations=demonstrations, calibrate=args.calibrate,
+                              chat_template=args.chat_template, peft=trained_with["peft"],
+                              head_init=trained_with["head_init"], mixout=args.mixout, dropout=args.dropout)
     run = ClassificationRun(
         choice=choice, label_names=label_names, splits=splits, batch_size=args.batch_size,
         max_sentence_len=args.max_sentence_len, epochs=args.epochs, settings=loop_settings(args, "classification"),
@@ -292,7 +314,8 @@ def run_classification_option(args, device, dist, out_dir: Path) -> dict:
     print(f"loading {checkpoint} ...")
     tokenizer = load_tokenizer(args, checkpoint)
     summary = run_classification(run, tokenizer, device, dist)
-    summary_out = Path(args.summary_out) if args.summary_out else outputs["dev"].parent / f"{dataset}-{method}-output.json"
+    summary_out = (Path(args.summary_out) if args.summary_out else
+                   splits["dev"].predictions_out.parent / f"{dataset}-{method}-output.json")
     return {**summary, "summary_out": summary_out}
 
 
@@ -319,11 +342,12 @@ def draw_shots(train: list, label_names: list[str], paths: dict, args) -> tuple:
 
 
 def run_pretrain_option(args, device, dist, out_dir: Path) -> dict:
-    from config import PRESETS, LlamaConfig
+    from config import ARCHITECTURE_CHOICES, PRESETS, LlamaConfig
     from pretraining import ModelChoice, PretrainData, run_pretraining
 
     fields = dict(PRESETS.get(args.preset, {}))
-    fields.update({flag: getattr(args, flag) for flag in ARCHITECTURE_FLAGS if getattr(args, flag) is not None})
+    fields.update({flag: getattr(args, flag) for flag in (*ARCHITECTURE_FLAGS, *ARCHITECTURE_CHOICES)
+                   if getattr(args, flag) is not None})
     fields.update(model_overrides(args))
     if args.n_heads is not None and args.n_kv_heads is None:
         fields["n_kv_heads"] = args.n_heads  # plain multi-head attention unless asked otherwise
@@ -359,7 +383,6 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
     and the splits to classify after training (dev/test: by default beside --dev as for the other
     options; with --instructions only when --dev is given), then instruct_tuning.py."""
     from chat import ChatTemplateError
-    from classification import Split
     from instruct_data import InstructionDataError, read_conversations
     from instruct_tuning import InstructionTuning, run_instruction_tuning
 
@@ -374,16 +397,8 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
         paths = data_paths(args)
         label_names, dataset = read_label_names(paths["labels"]), dataset_name(paths["dev"])
         if conversations is None:
-            examples = read_examples(paths["train"], args.limit)
-            check_mapping_size(examples, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
-            train = Split("train", paths["train"], examples, None)
-        outputs = {"dev": Path(args.dev_out) if args.dev_out else out_dir / f"{dataset}-dev-instruct_tune-output.txt",
-                   "test": Path(args.test_out) if args.test_out else out_dir / f"{dataset}-test-instruct_tune-output.txt"}
-        for name in ("dev",) if args.skip_test else ("dev", "test"):
-            checked_output_folder(outputs[name].parent)
-            examples = read_examples(paths[name], args.limit)
-            check_labels(examples, label_names, paths["labels"])
-            splits[name] = Split(name, paths[name], examples, outputs[name])
+            train = training_split(paths, label_names, args)
+        splits = prediction_splits(paths, label_names, dataset, "instruct_tune", args, out_dir)
     checkpoint = resolve_checkpoint(args.pretrained_model_path)
     run = InstructionTuning(
         checkpoint=checkpoint, model_overrides=model_overrides(args), peft=args.peft, lora_rank=args.lora_rank,
@@ -391,7 +406,8 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
         instructions_source=str(args.instructions or f"{train.path} (as instructions)"), label_names=label_names,
         train=train, splits=splits, batch_size=args.batch_size, max_sentence_len=args.max_sentence_len,
         epochs=args.epochs, settings=loop_settings(args, "classification"), seed=args.seed,
-        checkpoint_out=Path(args.checkpoint_out) if args.checkpoint_out else out_dir / f"instruct_tune-{args.epochs}-{args.lr}.pt",
+        checkpoint_out=(Path(args.checkpoint_out) if args.checkpoint_out else
+                        out_dir / f"instruct_tune-{args.epochs}-{args.lr}.pt"),
         record={**vars(args), "pretrained_model_path": str(checkpoint)})
     print(f"loading {checkpoint} ...")
     try:
@@ -399,5 +415,5 @@ def run_instruct_tune_option(args, device, dist, out_dir: Path) -> dict:
     except ChatTemplateError as error:
         raise RunError(str(error)) from None
     summary_out = Path(args.summary_out) if args.summary_out else (
-        (outputs["dev"].parent if splits else out_dir) / f"{dataset}-instruct_tune-output.json")
+        (splits["dev"].predictions_out.parent if splits else out_dir) / f"{dataset}-instruct_tune-output.json")
     return {**summary, "summary_out": summary_out}

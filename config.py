@@ -16,6 +16,10 @@ PRESETS = {
     "stories110M": {"dim": 768, "n_layers": 12, "n_heads": 12, "n_kv_heads": 12, "max_seq_len": 1024},
 }
 
+# The pre-training ablations and their choices, Llama 2's first (see architectures.py).
+ARCHITECTURE_CHOICES = {"positional": ("rope", "alibi", "none"), "ffn": ("swiglu", "gelu"),
+                        "attention": ("softmax", "differential")}
+
 # llama2.c's `model_args` use these names for some of our fields.
 _ALIASES = {"norm_eps": "layer_norm_eps"}
 
@@ -37,6 +41,10 @@ class LlamaConfig:
     rope_scaling: dict | None = None  # Llama 3's long-context frequencies: {"rope_type": "llama3", ...}, see rope_scaling.py
     tie_word_embeddings: bool = True  # output.weight is tok_embeddings.weight
     fused_attention: bool = True  # F.scaled_dot_product_attention instead of the explicit softmax
+    # Pre-training ablations (architectures.py); the defaults are Llama 2's own choices.
+    positional: str = "rope"  # "rope", "alibi" (Press et al. 2022) or "none" (the causal mask alone)
+    ffn: str = "swiglu"  # "swiglu", or "gelu": the original transformer's two-matrix feed-forward
+    attention: str = "softmax"  # "softmax", or "differential" (Ye et al. 2024)
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -51,6 +59,21 @@ class LlamaConfig:
             raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for rotary embeddings")
         if self.rope_scaling is not None:
             check_rope_scaling(self.rope_scaling)
+        for name, allowed in ARCHITECTURE_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.attention == "differential":
+            if self.positional != "rope":
+                raise ValueError("differential attention is built with rotary embeddings (positional 'rope')")
+            if self.n_heads % 2 or self.n_kv_heads % 2:
+                raise ValueError(f"differential attention pairs heads: n_heads {self.n_heads} and "
+                                 f"n_kv_heads {self.n_kv_heads} must be even")
+
+    def architecture_changes(self) -> dict:
+        """The ablations this model makes to Llama 2 ({} for a plain Llama): the fields of
+        ARCHITECTURE_CHOICES that differ from their default, the first choice."""
+        return {name: getattr(self, name) for name, allowed in ARCHITECTURE_CHOICES.items()
+                if getattr(self, name) != allowed[0]}
 
     @property
     def head_dim(self) -> int:

@@ -126,7 +126,7 @@ SOLUTION_ONLY_METHODS: tuple[Method, ...] = ()
 # decoding step, Llama.generate's answer): solution-side modules that no skeleton ships, so the
 # students who attempt an A+ item (or Llama.generate) do not find it done.
 SOLUTION_ONLY_MODULES = ("ia3.py", "prompt_tuning.py", "prompting.py", "mixout.py", "wise_ft.py", "decoding.py",
-                         "pretraining.py", "instruct_tuning.py", "fast_decode.py")
+                         "pretraining.py", "instruct_tuning.py", "architectures.py", "fast_decode.py")
 
 
 def here() -> list[Course]:

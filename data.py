@@ -16,7 +16,6 @@ Every reading error names the file and the line (or byte), so a user can fix the
 import hashlib
 import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from utils import atomic_path
 
 
 class InputError(ValueError):
@@ -260,16 +261,11 @@ def encode_documents(documents: list[str], tokenizer, cache_dir, name: str) -> t
     dtype = np.uint16 if tokenizer.n_words <= np.iinfo(np.uint16).max + 1 else np.uint32
     path = Path(cache_dir) / f"tokens-{digest.hexdigest()[:16]}.{np.dtype(dtype).name}.bin"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         ids = []
         for document in tqdm(documents, desc=f"tokenize {Path(name).name}", unit=" docs", leave=False):
             ids += tokenizer.encode(document, bos=True, eos=False)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as temporary:  # a run stopped mid-write leaves no half-written cache
             np.asarray(ids, dtype=dtype).tofile(temporary)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
     ids = np.memmap(path, dtype=dtype, mode="r")
     n_unknown = int((ids == tokenizer.unk_id).sum()) if tokenizer.kind == "char" else 0
     return ids, n_unknown

@@ -35,7 +35,7 @@ from checkpoints import GGUF_LAYER_NAMES, GGUF_MODEL_NAMES, LLAMA2C_MAGIC, Check
 from config import LlamaConfig
 from hf_checkpoint import hf_config, hf_state_dict, write_folder_atomically
 from hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, sentencepiece_pieces
-from utils import require_file
+from utils import atomic_path, require_file
 
 FORMATS = ("llama2c", "gguf", "hf")
 
@@ -66,16 +66,22 @@ def export(checkpoint, out, fmt: str, tokenizer_path=None) -> Path:
             raise ExportError(f"the tokenizer has {tokenizer.n_words} pieces but {checkpoint} has only "
                               f"{config.vocab_size} embedding rows: give its own with --tokenizer")
     if fmt == "llama2c":
-        write_file_atomically(out, lambda path: write_llama2c(path, config, state_dict))
+        with atomic_path(out) as temporary:
+            write_llama2c(temporary, config, state_dict)
     elif fmt == "gguf":
         metadata = gguf_tokenizer_metadata(tokenizer, config.vocab_size)  # may refuse: before writing
-        write_file_atomically(out, lambda path: write_gguf(path, config, state_dict, metadata))
+        with atomic_path(out) as temporary:
+            write_gguf(temporary, config, state_dict, metadata)
     else:
         write_folder_atomically(out, lambda folder: write_hf(folder, config, state_dict, tokenizer))
     return out
 
 
 def _check_portable(config: LlamaConfig, fmt: str) -> None:
+    changes = config.architecture_changes()
+    if changes:
+        named = ", ".join(f"{name} {value}" for name, value in changes.items())
+        raise ExportError(f"{fmt} stores Llama 2's architecture; this model changes it ({named})")
     if config.norm_type != "rmsnorm":
         raise ExportError(f"{fmt} stores Llama models with RMSNorm; this one uses {config.norm_type}")
     if fmt == "llama2c":
@@ -83,22 +89,11 @@ def _check_portable(config: LlamaConfig, fmt: str) -> None:
             raise ExportError("llama2.c's run.c fixes RoPE at theta 10000 without scaling; this model has "
                               f"rope_theta={config.rope_theta}, rope_scaling={config.rope_scaling}")
         if config.layer_norm_eps != 1e-5:
-            raise ExportError(f"llama2.c's run.c fixes the RMSNorm epsilon at 1e-5; this model has {config.layer_norm_eps}")
+            raise ExportError("llama2.c's run.c fixes the RMSNorm epsilon at 1e-5; "
+                              f"this model has {config.layer_norm_eps}")
     if fmt == "gguf" and config.rope_scaling is not None:
         raise ExportError("GGUF export of Llama 3's rope_scaling is not implemented "
                           "(llama.cpp keeps it as a rope_freqs tensor); export it with --format hf")
-
-
-def write_file_atomically(path: Path, write) -> None:
-    """Call write(temporary path) for a file beside `path`, then rename it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import cache_dir
+from utils import atomic_path, cache_dir
 
 FORMAT_VERSION = 2  # bump when the stored layout changes: old entries are then ignored
 
@@ -102,13 +102,11 @@ def _decode(path: Path) -> dict:
 def _write_atomically(record: dict, stored: Path) -> None:
     """Write to a temporary file beside the entry, then rename: a reader never sees half a file.
     A cache that cannot be written (read-only home, full disk) is skipped, not an error."""
-    temporary = stored.with_name(f".{stored.name}.{os.getpid()}.tmp")
     try:
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(record, temporary)
-        os.replace(temporary, stored)
+        with atomic_path(stored) as temporary:
+            torch.save(record, temporary)
     except OSError:
-        temporary.unlink(missing_ok=True)
+        pass
 
 
 def _from_record(record: dict) -> DecodedGGUF:

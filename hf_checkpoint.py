@@ -199,9 +199,11 @@ def _check_shapes(folder: Path, model_args: dict, tensors: dict[str, torch.Tenso
     unexpected = [name for name in tensors if name not in expected]
     misshaped = [f"{name} {tuple(tensors[name].shape)} (config.json: {shape})"
                  for name, shape in expected.items() if name in tensors and tuple(tensors[name].shape) != shape]
-    for kind, names in (("missing", missing), ("unexpected", unexpected), ("shape disagrees with config.json", misshaped)):
+    for kind, names in (("missing", missing), ("unexpected", unexpected),
+                        ("shape disagrees with config.json", misshaped)):
         if names:
-            problems.append(f"{kind}: " + ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else ""))
+            more = f" and {len(names) - 6} more" if len(names) > 6 else ""
+            problems.append(f"{kind}: " + ", ".join(names[:6]) + more)
     if problems:
         raise CheckpointError(f"{folder}: its tensors do not fit its {CONFIG}: " + "; ".join(problems))
 

@@ -15,13 +15,13 @@ could also read tokenizer.model itself, but only with the protobuf package insta
 """
 
 import json
-import os
 from pathlib import Path
 
 from tokenizers import AddedToken, decoders, models, normalizers, processors
 from tokenizers import Tokenizer as BPETokenizer
 
 from checkpoints import CheckpointError
+from utils import write_atomically
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -159,12 +159,6 @@ def write_tokenizer_files(tokenizer, folder: Path, max_seq_len: int | None = Non
         config["model_max_length"] = max_seq_len
     if tokenizer.chat_template is not None:
         config["chat_template"] = tokenizer.chat_template
-    _write_atomically(folder / TOKENIZER_CONFIG, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    _write_atomically(folder / TOKENIZER_JSON, bpe.to_str(pretty=True))
+    write_atomically(folder / TOKENIZER_CONFIG, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(folder / TOKENIZER_JSON, bpe.to_str(pretty=True))
     return folder / TOKENIZER_JSON
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

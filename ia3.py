@@ -57,10 +57,14 @@ class IA3Layer(nn.Module):
         self.ia3_scale = nn.Parameter(torch.ones(size, device=weight.device, dtype=weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) -> (..., out)."""
+        """x (..., in) -> (..., out): the frozen layer with `ia3_scale` multiplied in element-wise,
+        on its input for side "input" (W (l * x)), on its output for side "output" (l * (W x)).
+        A vector costs one number per feature, and at ones the layer is exactly the original."""
+        # BEGIN SOLUTION
         if self.side == "input":
             return self.original_layer(x * self.ia3_scale)
         return self.original_layer(x) * self.ia3_scale  # a bias, if any, is scaled too: the fold keeps that
+        # END SOLUTION
 
     def extra_repr(self) -> str:
         return f"side={self.side}"
@@ -95,10 +99,15 @@ def merge_ia3_weights(model: nn.Module) -> nn.Module:
     Replace, in place, every IA3Layer by its original nn.Linear with the vector folded in:
     output side scales the weight's rows (and the bias), input side its columns. Returns `model`,
     which computes the same outputs and has the checkpoint's parameter names again.
+
+    For each (parent, child_name, layer) of layers_of_type(model, IA3Layer): l * (W x) = (l W) x
+    multiplies row i of W (and bias i) by l_i; W (l * x) = (W l) x column j by l_j. Scale
+    layer.original_layer's tensors in place, without gradients, and put it back with setattr.
     """
     layers = layers_of_type(model, IA3Layer)
     if not layers:
         raise ValueError("merge_ia3_weights: the model has no IA3 layers to merge")
+    # BEGIN SOLUTION
     for parent, child_name, layer in layers:
         linear, scale = layer.original_layer, layer.ia3_scale.detach()
         with torch.no_grad():
@@ -110,6 +119,7 @@ def merge_ia3_weights(model: nn.Module) -> nn.Module:
                 linear.weight.mul_(scale[None, :])  # (out, in) * (1, in): column j times l_j
         setattr(parent, child_name, linear)
     return model
+    # END SOLUTION
 
 
 def ia3_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -32,15 +32,14 @@ from tqdm import tqdm
 
 from chat import ChatTemplate, stop_condition
 from classification import (ClassificationHooks, Split, count_parameters, load_checkpoint, predict, report_split,
-                            trained_state, write_predictions)
+                            save_checkpoint, write_predictions)
 from classification_methods import check_vocabulary
-from data import InputError, epoch_rows, length_sorted_batches
+from data import InputError, collate, epoch_rows, length_sorted_batches
 from instruct_data import classification_conversations, classification_instruction, encode_conversation, parse_label
 from llama import load_pretrained
 from objectives import IGNORE, LanguageModelLoss
 from prompting import Prompt, PromptClassifier
 from training import Distributed, LoopSettings, TrainingDiverged, autocast, train
-from utils import atomic_path
 
 ANSWER_TOKENS = 16  # generate-and-parse: a label word comes first in a short answer
 
@@ -143,18 +142,12 @@ def training_examples(run: InstructionTuning, template: ChatTemplate, tokenizer,
     return [shifted(ids, mask) for ids, mask in kept]
 
 
-def pad(rows: list[list[int]], value: int, device) -> torch.Tensor:
-    """Right-pad lists of ids into one (B, T) tensor."""
-    longest = max(len(row) for row in rows)
-    return torch.tensor([row + [value] * (longest - len(row)) for row in rows], device=device)
-
-
 def instruction_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict:
-    """input_ids, attention_mask and targets (B, T), right-padded; padding's targets are IGNORE."""
-    inputs = [ids for ids, _ in examples]
-    return {"input_ids": pad(inputs, pad_id, device),
-            "attention_mask": pad([[1] * len(ids) for ids in inputs], 0, device),
-            "targets": pad([targets for _, targets in examples], IGNORE, device)}
+    """input_ids, attention_mask and targets (B, T), right-padded by data.collate; padding's targets
+    are IGNORE (a row's inputs and targets have the same length, so both pad to the same T)."""
+    input_ids, attention_mask = collate([ids for ids, _ in examples], pad_id, device)
+    targets, _ = collate([targets for _, targets in examples], IGNORE, device)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "targets": targets}
 
 
 def epoch_batches(examples, batch_size: int, pad_id: int, device, seed: int):
@@ -252,12 +245,6 @@ def score_answers(split: Split, answers: list[str], label_names: list[str]) -> d
 # Training
 
 
-def save_checkpoint(path: Path, llama, info: dict) -> None:
-    """The trained tensors (all, or the adapters) with what rebuilds the model around them."""
-    with atomic_path(path) as temporary:
-        torch.save({"model": trained_state(llama), "model_config": llama.config.to_dict(), **info}, temporary)
-
-
 class InstructionHooks(ClassificationHooks):
     """After every epoch (or --eval_every steps): the dev accuracy of the label-word scoring picks
     the checkpoint to keep (without dev labels, the latest); prints the epoch's line. The
@@ -291,8 +278,8 @@ class InstructionHooks(ClassificationHooks):
         if improved:
             self.best_epoch, self.best_log_probs = epoch, self.latest_log_probs
             if self.dist.is_main:
-                save_checkpoint(self.checkpoint_path, self.llama, {**self.info, "epoch": epoch, "step": state.step,
-                                                                   "dev_acc": record["dev_acc"]})
+                save_checkpoint(self.checkpoint_path, self.llama, self.llama.config,
+                                {**self.info, "epoch": epoch, "step": state.step, "dev_acc": record["dev_acc"]})
         if self.dist.is_main:
             dev = f", dev acc :: {record['dev_acc']:.3f} (label words)" if self.scored else ""
             print(f"epoch {epoch}, step {state.step}: train loss :: {record['train_loss']:.3f}{dev}, "

@@ -232,6 +232,21 @@ class FeedForward(nn.Module):
         return self.dropout(self.w2(self.SwiGLU(x)))
 
 
+def make_attention(layer_id: int, config: LlamaConfig) -> nn.Module:
+    """Llama 2's attention, or the pre-training ablation the config names (architectures.py)."""
+    if not {"positional", "attention"} & set(config.architecture_changes()):
+        return Attention(config)
+    from architectures import ablated_attention  # the solution's A+ experiments (not in a skeleton)
+    return ablated_attention(layer_id, config)
+
+
+def make_feed_forward(config: LlamaConfig) -> nn.Module:
+    if config.ffn == "swiglu":
+        return FeedForward(config)
+    from architectures import GeluFeedForward
+    return GeluFeedForward(config)
+
+
 class LlamaLayer(nn.Module):
     """One pre-norm transformer block (Xiong et al. 2020): normalise, transform, add back.
 
@@ -241,8 +256,8 @@ class LlamaLayer(nn.Module):
     def __init__(self, layer_id: int, config: LlamaConfig):
         super().__init__()
         self.layer_id = layer_id
-        self.attention = Attention(config)
-        self.feed_forward = FeedForward(config)
+        self.attention = make_attention(layer_id, config)
+        self.feed_forward = make_feed_forward(config)
         self.attention_norm = make_norm(config)
         self.ffn_norm = make_norm(config)
 

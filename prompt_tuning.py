@@ -124,9 +124,16 @@ class PromptTunedLlama(PrefixedLlama):
         return (logits[:, n:] if targets is not None else logits), hidden[:, n:]
 
     def _insert_prompt(self, module, inputs, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, P + T, dim) embeddings of placeholders + tokens -> the soft prompt + the tokens'."""
+        """(B, P + T, dim) embeddings of placeholders + tokens -> the soft prompt + the tokens'.
+
+        The first P rows of every sequence are the placeholders' embeddings: replace them by
+        self.prompt_embeddings (P, dim), the same for every row of the batch (expand, in the
+        embeddings' dtype), and keep the tokens' own embeddings after them. Gradients reach the
+        soft prompt through this concatenation; the frozen embedding table gets none."""
+        # BEGIN SOLUTION
         prompt = self.prompt_embeddings.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
         return torch.cat([prompt, embeddings[:, self.n_prefix_positions:]], dim=1)
+        # END SOLUTION
 
 
 def apply_prompt_tuning(classifier: nn.Module, init_ids: Sequence[int]) -> nn.Module:

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict
 
 from checkpoints import CheckpointError
+from config import ARCHITECTURE_CHOICES
 from commands import (ARCHITECTURE_FLAGS, DEFAULT_CHECKPOINT, LOOP_DEFAULTS, RunError, checked_output_folder,
                       choose_device, run_chat_option, run_classification_option, run_generate,
                       run_instruct_tune_option, run_pretrain_option)
@@ -81,7 +82,8 @@ def get_args(argv=None) -> argparse.Namespace:
     ours.add_argument("--tokenizer", default=None,
                       help="SentencePiece .model, GGUF file, or (pretrain) the word `char` (default: the "
                            "checkpoint's own, else tokenizer.model)")
-    ours.add_argument("--dropout", type=float, default=None, help="the model's own dropout (default: the checkpoint's, 0)")
+    ours.add_argument("--dropout", type=float, default=None,
+                      help="the model's own dropout (default: the checkpoint's, 0)")
     ours.add_argument("--limit", type=int, default=None, help="use only the first N lines of each data file")
     ours.add_argument("--stratified", action="store_true",
                       help="with --limit: a random N (drawn with --seed) that keeps each file's label proportions")
@@ -94,7 +96,8 @@ def get_args(argv=None) -> argparse.Namespace:
     ours.add_argument("--save_merged", action="store_true",
                       help="lora: also save the model with the adapters merged into its weights")
     ours.add_argument("--epsilon", type=float, default=0.05, help="generate: drop tokens below this probability")
-    ours.add_argument("--top_p", type=float, default=None, help="generate, chat: nucleus sampling threshold (chat: 0.9)")
+    ours.add_argument("--top_p", type=float, default=None,
+                      help="generate, chat: nucleus sampling threshold (chat: 0.9)")
     ours.add_argument("--top_k", type=int, default=None, help="generate, chat: sample from the k most likely tokens")
     ours.add_argument("--min_p", type=float, default=None, help="generate: min-p sampling (Nguyen et al. 2024)")
     ours.add_argument("--repetition_penalty", type=float, default=None,
@@ -132,13 +135,17 @@ def get_args(argv=None) -> argparse.Namespace:
     lm = parser.add_argument_group("pre-training (--option pretrain)")
     lm.add_argument("--corpus", default=None, help="a UTF-8 text file (default: the sentences of --train)")
     lm.add_argument("--val_corpus", default=None, help="validation text (default: the last 10%% of the corpus)")
-    lm.add_argument("--train_tokenizer", type=int, default=None, help="train a SentencePiece BPE vocabulary of N pieces")
+    lm.add_argument("--train_tokenizer", type=int, default=None,
+                    help="train a SentencePiece BPE vocabulary of N pieces")
     lm.add_argument("--preset", default=None, help="a llama2.c shape: stories260K, stories15M, stories42M, stories110M")
     for flag in ARCHITECTURE_FLAGS:
         lm.add_argument(f"--{flag}", type=int, default=None)
+    for flag, choices in ARCHITECTURE_CHOICES.items():  # ablations of a new model (architectures.py)
+        lm.add_argument(f"--{flag}", choices=choices, default=None, help=f"default: {choices[0]}, Llama 2's")
     lm.add_argument("--eval_batches", type=int, default=20, help="validation batches per evaluation")
     lm.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its last.pt")
-    lm.add_argument("--cache_dir", default=None, help="token cache (default: $MINLLAMA_CACHE, else ~/.cache/minllama; MINLLAMA_CACHE=off: none)")
+    lm.add_argument("--cache_dir", default=None,
+                    help="token cache (default: $MINLLAMA_CACHE, else ~/.cache/minllama; MINLLAMA_CACHE=off: none)")
     args = parser.parse_args(argv)
     try:
         validate(args)
@@ -187,6 +194,9 @@ def validate(args) -> None:
                        "(a model trained with it carries its tokenizer)")
     if args.option == "pretrain":
         validate_pretrain(args)
+    elif any(getattr(args, flag) for flag in ARCHITECTURE_CHOICES):
+        raise RunError(f"{'/'.join('--' + f for f in ARCHITECTURE_CHOICES)} shape a new model: "
+                       "they are for --option pretrain")
     if args.instructions is not None and args.option != "instruct_tune":
         raise RunError("--instructions is the training data of --option instruct_tune")
     if args.checkpoint_in is not None and args.option not in TRAINED:
@@ -291,9 +301,10 @@ def validate_pretrain(args) -> None:
     if args.train_tokenizer is not None and (args.tokenizer is not None or args.pretrained_model_path is not None):
         raise RunError("--train_tokenizer makes a new vocabulary for a new model: leave out --tokenizer "
                        "and --pretrained-model-path")
-    if args.pretrained_model_path is not None and (args.preset or any(getattr(args, f) for f in ARCHITECTURE_FLAGS[:4])):
+    shape_flags = (*ARCHITECTURE_FLAGS[:4], *ARCHITECTURE_CHOICES)
+    if args.pretrained_model_path is not None and (args.preset or any(getattr(args, f) for f in shape_flags)):
         raise RunError("continued pre-training keeps the checkpoint's shape: leave out --preset and "
-                       "--dim/--n_layers/--n_heads/--n_kv_heads")
+                       f"{'/'.join('--' + f for f in shape_flags)}")
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as BPETokenizer
 
 from checkpoints import GGUF_MAGIC, CheckpointError, checkpoint_format, gguf_metadata, open_gguf
-from utils import REPO_ROOT, require_file
+from utils import REPO_ROOT, atomic_path, require_file
 
 TOKENIZER_MODEL = REPO_ROOT / "tokenizer.model"
 HOW_TO_GET = "run `bash setup.sh` to download it, or `MINLLAMA_ASSETS=<mirror> bash setup.sh` to copy it"
@@ -145,10 +145,10 @@ class Tokenizer:
             from hf_tokenizer import write_tokenizer_files
             return write_tokenizer_files(self, Path(folder))
         else:
-            path, data = Path(folder) / "char_tokenizer.json", json.dumps({"type": "char", "chars": self.chars}).encode()
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+            path = Path(folder) / "char_tokenizer.json"
+            data = json.dumps({"type": "char", "chars": self.chars}).encode()
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(data)
         return path
 
     def _load_json(self, path: Path):

@@ -88,11 +88,15 @@ def test_bf16_autocast_runs_and_follows_llama_generate():
         assert torch.equal(fast_decode.generate(model, idx, 10, temperature=0.0), model.generate(idx, 10, temperature=0.0))
 
 
-@pytest.mark.parametrize("case", ["window slides", "lora", "training"])
+ABLATIONS = {"gelu": dict(ffn="gelu"), "alibi": dict(positional="alibi"), "differential": dict(attention="differential")}
+
+
+@pytest.mark.parametrize("case", ["window slides", "lora", "training", *ABLATIONS])
 def test_what_the_fast_path_does_not_cover_goes_through_llama_generate(case, monkeypatch):
     """Past max_seq_len (24) Llama.generate re-encodes the window each step; LoRA-wrapped
-    projections do not fuse; training mode has dropout: the fast path hands over to it."""
-    model = tiny_llama(dropout=0.1) if case == "training" else tiny_llama()
+    projections do not fuse; training mode has dropout; the pre-training ablations
+    (architectures.py) compute another model: the fast path hands over to Llama.generate."""
+    model = tiny_llama(dropout=0.1) if case == "training" else tiny_llama(**ABLATIONS.get(case, {}))
     idx = random_tokens(1, 20 if case == "window slides" else 5)
     if case == "lora":
         apply_lora(model, rank=2, alpha=1.0)

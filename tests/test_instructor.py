@@ -558,3 +558,29 @@ def test_prepare_submit_skips_temporary_files_and_leaves_no_zip_behind(tmp_path)
     result = _prepare(folder, "abc1", "--variant", "rmsnorm", cwd=tmp_path)
     assert result.returncode == 1 and "abc1/scores.npy (11.0 MB)" in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no zip, no temporary file
+
+
+def test_an_instructor_can_opt_a_course_into_ia3_and_prompt_tuning(tmp_path, monkeypatch):
+    """The A+ methods ship in no course; one entry each in a course's methods makes them exercises:
+    their modules ship with todos, caught by tests/student/test_your_methods.py, and pass when solved."""
+    import dataclasses
+
+    from course import Method
+
+    base = ms.VARIANTS[MUTATED_COURSE].course
+    opted = dataclasses.replace(base, methods=(*base.methods, Method("ia3", "ia3", module="ia3.py"),
+                                               Method("prompt_tuning", "prompt_tuning", module="prompt_tuning.py")))
+    monkeypatch.setitem(ms.VARIANTS, opted.name, ms.Variant(opted, ms.course_rewrites(opted)))
+    regions = {r.id for r in ms.all_regions() if r.path in ("ia3.py", "prompt_tuning.py")}
+    assert regions == {"ia3.py:IA3Layer.forward", "ia3.py:merge_ia3_weights",
+                       "prompt_tuning.py:PromptTunedLlama._insert_prompt"}
+    todo, solved = tmp_path / "todo", tmp_path / "solved"
+    ms.build(todo, opted.name, blank=regions, assets=assets())
+    ms.build(solved, opted.name, blank=set(), assets=assets())
+    assert "raise NotImplementedError" in (todo / "ia3.py").read_text()
+    checks = ["-q", "-p", "no:cacheprovider", "tests/student/test_your_methods.py"]
+    with_todos, without = check_trees([{"tree": str(todo), "pytest": checks}, {"tree": str(solved), "pytest": checks}],
+                                      tmp_path)
+    failed = {f["test"].split("::")[-1] for f in with_todos["pytest"]["failures"]}
+    assert len(failed) == 4 and all("NotImplementedError" in f["text"] for f in with_todos["pytest"]["failures"])
+    assert without["pytest"]["exit"] == 0, without["pytest"]["output"]

@@ -181,8 +181,26 @@ def generator(model, args):
     try:
         import fast_decode
     except ModuleNotFoundError:
+        if args.compile:
+            raise RunError("--compile needs fast_decode.py, which this copy of the code does not have") from None
         return model.generate
-    return partial(fast_decode.generate, model, step=fast_decode.DecodingStep(model))
+    generate = partial(fast_decode.generate, model, step=fast_decode.DecodingStep(model, compile=args.compile))
+    return compile_errors_explained(generate) if args.compile else generate
+
+
+def compile_errors_explained(generate):
+    """generate, with torch.compile's failure to build its kernels (it happens at the first call)
+    turned into one line that says what to do."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def checked(*args, **kwargs):
+        try:
+            return generate(*args, **kwargs)
+        except BackendCompilerFailed as error:
+            failure = type(error.inner_exception).__name__
+            raise RunError(f"--compile: torch.compile could not build its kernels here ({failure}; is a C++ "
+                           "compiler installed?): run without --compile") from None
+    return checked
 
 
 def decoding_filters(model, temperature: float, args):

@@ -106,6 +106,9 @@ def get_args(argv=None) -> argparse.Namespace:
                       help="generate, prompt, chat: the weights' type (float32 matches the graders' references)")
     ours.add_argument("--quantize", choices=("int8",), default=None,
                       help="generate, prompt, chat: int8 weights and activations in the linear layers (quantize.py)")
+    ours.add_argument("--compile", action="store_true",
+                      help="generate: torch.compile the one-token decoding step (fast_decode.py; the same tokens; "
+                           "needs a C++ compiler, and compiling takes tens of seconds)")
 
     talk = parser.add_argument_group("chat (--option chat)")
     talk.add_argument("--message", default=None, help="answer this one message and exit (default: a conversation)")
@@ -189,6 +192,9 @@ def validate(args) -> None:
         raise RunError("--quantize int8 quantises float32 weights: leave out --dtype")
     if (args.quantize or args.dtype != "float32") and args.option not in ("generate", "prompt", "chat"):
         raise RunError("--quantize and --dtype are for inference (generate, prompt, chat); training stays float32")
+    if args.compile and (args.option != "generate" or args.min_p is not None or args.repetition_penalty is not None):
+        raise RunError("--compile compiles the decoding step of --option generate (without --min_p and "
+                       "--repetition_penalty, which hook into Llama.generate)")
     if args.tokenizer == "char" and args.option != "pretrain":
         raise RunError("--tokenizer char builds a vocabulary from the corpus: it is for --option pretrain "
                        "(a model trained with it carries its tokenizer)")

@@ -3,13 +3,19 @@ forwards, its one-token step against Llama.forward's logits, for plain and group
 attention, RMSNorm and LayerNorm, float32 and int8 layers, batch 1 and left-padded batches,
 stop tokens, sampling, and the hand-back to Llama.generate where the window would slide."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 import fast_decode
 from lora import apply_lora
 from quantize import prepare_for_inference
+from llama import Llama
 from test_generate import left_pad, manual_greedy, random_tokens, tiny_llama
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 
@@ -123,3 +129,23 @@ def test_compiled_step_gives_the_eager_tokens():
     except torch._dynamo.exc.BackendCompilerFailed as error:
         pytest.skip(f"inductor cannot compile here: {str(error).splitlines()[0]}")
     assert torch.equal(got, want)
+
+
+def test_compile_flag_is_for_generate_and_a_missing_compiler_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    import run_llama
+    from config import LlamaConfig
+
+    with pytest.raises(SystemExit):
+        run_llama.get_args(["--option", "finetune", "--compile"])
+    config = LlamaConfig(vocab_size=32000, dim=16, n_layers=1, n_heads=2, n_kv_heads=2, max_seq_len=128)
+    torch.manual_seed(0)
+    torch.save({"model_args": config.to_dict(), "model": Llama(config).state_dict()}, tmp_path / "tiny.pt")
+    env = {**os.environ, "PATH": str(tmp_path / "no-compilers-here"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
+    child = subprocess.run([sys.executable, "run_llama.py", "--option", "generate", "--compile", "--pretrained-model-path",
+                            str(tmp_path / "tiny.pt"), "--out_dir", str(tmp_path / "out")], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode != 0 and "Traceback" not in child.stderr, child.stderr[-2000:]
+    assert "--compile: torch.compile could not build its kernels here" in child.stderr

@@ -118,11 +118,16 @@ def spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
-def table_rows(results: list[dict], dataset: str) -> list[list[str]]:
-    """One row per method (in METHODS order): seeds, mean ± std of accuracy and macro-F1, the rest as means."""
+def budget(run: dict) -> tuple[int, int, int]:
+    return run["train_examples"], run["dev_examples"], run["epochs"]
+
+
+def table_rows(results: list[dict], dataset: str, of_budget: tuple[int, int, int]) -> list[list[str]]:
+    """One row per method (in METHODS order) of the runs at one budget: seeds, mean ± std of
+    accuracy and macro-F1, the rest as means. (Runs at other budgets never mix into a mean.)"""
     rows = []
     for method in METHODS:
-        runs = [r for r in results if r["dataset"] == dataset and r["method"] == method]
+        runs = [r for r in results if r["dataset"] == dataset and r["method"] == method and budget(r) == of_budget]
         if not runs:
             continue
         mean = lambda field: statistics.mean(r[field] for r in runs)  # noqa: E731
@@ -142,7 +147,8 @@ def markdown_table(rows: list[list[str]]) -> str:
 
 
 def chart(results: list[dict], dataset: str, path: Path) -> None:
-    """Grouped bars: for every method, its mean dev accuracy and macro-F1, with the std over seeds."""
+    """Grouped bars: for every method, its mean dev accuracy and macro-F1, with the std over seeds
+    (`results`: the runs of one budget)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -169,20 +175,20 @@ def write_report(results: list[dict], args) -> None:
     parts = ["# Classification methods side by side\n",
              "Built by `bench/methods.py` from the runs in "
              f"`{args.results.name}`; every figure is the mean over the seeds (± the standard deviation).\n"]
+    args.report.parent.mkdir(parents=True, exist_ok=True)
     for dataset in DATASETS:
-        rows = table_rows(results, dataset)
-        if not rows:
-            continue
-        runs = [r for r in results if r["dataset"] == dataset]
-        png = args.report.with_name(f"{args.report.stem}-{dataset}.png")
-        chart(results, dataset, png)
-        budget = sorted({(r["train_examples"], r["dev_examples"], r["epochs"]) for r in runs})
-        parts += [f"## {dataset}\n", "Budget: " + "; ".join(f"{t} training sentences drawn per seed, {d} dev "
-                                                            f"sentences, {e} epoch(s)" for t, d, e in budget) + ".\n",
-                  markdown_table(rows) + "\n", f"![{dataset} methods]({png.name})\n", "What each row is:\n"]
-        parts += [f"- `{m}`: {METHODS[m][1]}" for m in METHODS if any(r["method"] == m for r in runs)]
-        parts += ["\nThe commands (run from the repository root; the data files are the drawn subsets):\n", "```"]
-        parts += [r["command"] for r in runs] + ["```\n", f"Machine: {runs[-1]['machine']}\n"]
+        budgets = sorted({budget(r) for r in results if r["dataset"] == dataset}, reverse=True)
+        for number, of_budget in enumerate(budgets):  # the largest budget first, and its chart unsuffixed
+            runs = [r for r in results if r["dataset"] == dataset and budget(r) == of_budget]
+            png = args.report.with_name(f"{args.report.stem}-{dataset}{'-' + str(number) if number else ''}.png")
+            chart(runs, dataset, png)
+            train, dev, epochs = of_budget
+            parts += [f"## {dataset}: {train} training sentences drawn per seed, {dev} dev sentences, "
+                      f"{epochs} epoch(s)\n", markdown_table(table_rows(results, dataset, of_budget)) + "\n",
+                      f"![{dataset} methods]({png.name})\n", "What each row is:\n"]
+            parts += [f"- `{m}`: {METHODS[m][1]}" for m in METHODS if any(r["method"] == m for r in runs)]
+            parts += ["\nThe commands (run from the repository root; the data files are the drawn subsets):\n",
+                      "```"] + [r["command"] for r in runs] + ["```\n", f"Machine: {runs[-1]['machine']}\n"]
     write_atomically(args.report, "\n".join(parts))
     print(f"wrote {args.report}")
 
@@ -218,8 +224,10 @@ def main():
                     results = save_results(args.results, results, record)
                     print(f"{method} seed {seed}: dev acc {record['accuracy']:.3f}, macro-F1 {record['macro_f1']:.3f}, "
                           f"{record['seconds']:.0f}s, peak {record['peak_mib']:,.0f} MiB", flush=True)
-    rows = table_rows(results, args.dataset)
-    common.print_table(f"{args.dataset} dev, methods side by side", HEADER, rows, [])
+    dev_examples = args.dev_examples or len(draw_lines(args.data / f"{args.dataset}-dev.txt", 0, None))
+    this_budget = (args.train_examples, dev_examples, args.epochs)
+    common.print_table(f"{args.dataset} dev, methods side by side", HEADER,
+                       table_rows(results, args.dataset, this_budget), [])
     write_report(results, args)
 
 

@@ -37,6 +37,22 @@ def ablated_attention(layer_id: int, config: LlamaConfig) -> Attention:
     return UnrotatedAttention(config)
 
 
+def project_heads(attention: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (B, T, dim) -> query (B, T, n_heads, head_dim), key and value (B, T, n_kv_heads, head_dim):
+    Attention's projections, which every variant here keeps."""
+    batch_size, seq_len, _ = x.shape
+    return (attention.compute_query(x).view(batch_size, seq_len, attention.n_heads, attention.head_dim),
+            attention.compute_key(x).view(batch_size, seq_len, attention.n_kv_heads, attention.head_dim),
+            attention.compute_value(x).view(batch_size, seq_len, attention.n_kv_heads, attention.head_dim))
+
+
+def merge_heads(attention: Attention, output: torch.Tensor) -> torch.Tensor:
+    """output (B, heads, T, width), heads * width = dim -> (B, T, dim) through compute_output."""
+    batch_size, _, seq_len, _ = output.shape
+    output = output.transpose(1, 2).reshape(batch_size, seq_len, attention.n_heads * attention.head_dim)
+    return attention.resid_dropout(attention.compute_output(output))
+
+
 def alibi_slopes(n_heads: int) -> tuple[float, ...]:
     """ALiBi's slope of every head (Press et al. 2022, Sec. 3): for 2^k heads the geometric
     sequence 2^(-8/n), 2^(-16/n), ..., 2^(-8); for other counts, the slopes of the largest power
@@ -75,19 +91,14 @@ class UnrotatedAttention(Attention):
                 mask: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
         """As Attention.forward without the rotation (`positions` is not needed: the bias
         works from the order of the keys)."""
-        batch_size, seq_len, _ = x.shape
-        query = self.compute_query(x).view(batch_size, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
-        key = self.compute_key(x).view(batch_size, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        value = self.compute_value(x).view(batch_size, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        query, key, value = (t.transpose(1, 2) for t in project_heads(self, x))  # (B, heads, T, head_dim)
         if kv_cache is not None:
             key, value = kv_cache.append(key, value)  # (B, n_kv_heads, S, head_dim)
         if self.n_rep > 1:
             key = key.repeat_interleave(self.n_rep, dim=1)
             value = value.repeat_interleave(self.n_rep, dim=1)
-        bias = self.distance_bias(mask, seq_len, key.shape[2], query.dtype, x.device)
-        output = self._fused_attention(query, key, value, bias)  # (B, n_heads, T, head_dim)
-        output = output.transpose(1, 2).reshape(batch_size, seq_len, self.n_heads * self.head_dim)
-        return self.resid_dropout(self.compute_output(output))
+        bias = self.distance_bias(mask, query.shape[2], key.shape[2], query.dtype, x.device)
+        return merge_heads(self, self._fused_attention(query, key, value, bias))  # from (B, n_heads, T, head_dim)
 
 
 class DifferentialAttention(Attention):
@@ -114,15 +125,12 @@ class DifferentialAttention(Attention):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        batch_size, seq_len, _ = x.shape
-        query = self.compute_query(x).view(batch_size, seq_len, self.n_heads, self.head_dim)
-        key = self.compute_key(x).view(batch_size, seq_len, self.n_kv_heads, self.head_dim)
-        value = self.compute_value(x).view(batch_size, seq_len, self.n_kv_heads, self.head_dim)
+        query, key, value = project_heads(self, x)
         query, key = apply_rotary_emb(query, key, self.head_dim, self.max_seq_len, self.rope_theta, positions)
         query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
         if kv_cache is not None:
             key, value = kv_cache.append(key, value)  # (B, n_kv_heads, S, head_dim)
-        n_keys = key.shape[2]
+        batch_size, n_keys = key.shape[0], key.shape[2]
         # Head pairs (2j, 2j+1): the two halves of differential head j; values side by side.
         value = value.transpose(1, 2).reshape(batch_size, n_keys, self.n_kv_heads // 2, 2 * self.head_dim)
         value = value.transpose(1, 2)  # (B, n_kv_heads / 2, S, 2d)
@@ -133,9 +141,7 @@ class DifferentialAttention(Attention):
                + self.lambda_init)
         output = (self._fused_attention(query[:, 0::2], key1, value, mask)
                   - lam * self._fused_attention(query[:, 1::2], key2, value, mask))  # (B, n_heads / 2, T, 2d)
-        output = self.head_norm(output) * (1 - self.lambda_init)
-        output = output.transpose(1, 2).reshape(batch_size, seq_len, self.n_heads * self.head_dim)
-        return self.resid_dropout(self.compute_output(output))
+        return merge_heads(self, self.head_norm(output) * (1 - self.lambda_init))
 
 
 class GeluFeedForward(nn.Module):

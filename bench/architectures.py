@@ -45,8 +45,8 @@ def run_variant(name: str, threads: int | None) -> dict:
         if result.returncode != 0:
             raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
         summary = json.loads((Path(out_dir) / "summary.json").read_text())
-        curve = [(r["step"], r["val_loss"]) for r in map(json.loads, (Path(out_dir) / "metrics.jsonl").open())
-                 if "val_loss" in r]
+        records = map(json.loads, (Path(out_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
+        curve = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     return {"variant": name, "flags": " ".join(flags), "best_val_loss": summary["best_val_loss"],
             "best_step": summary["best_step"], "parameters": summary["parameters"], "seconds": wall,
             "tokens_per_second": summary["tokens_per_second"], "val_curve": curve,

@@ -5,6 +5,9 @@
     python bench/methods.py --dataset cfimdb --train-examples 200 --seeds 1
     python bench/methods.py --report-only                     # table, chart and report from the JSON alone
 
+A run already in the JSON file (same dataset, method, seed and budget) is not run again unless
+--rerun is given, so an interrupted or partial table is completed by running the same command again.
+
 Each run is one `run_llama.py` command (printed in the report, so every row can be reproduced) on
 a training subset drawn at random for each seed (redrawn per seed) and the first --dev-examples
 dev sentences (0: all). Per method the table gives the mean and standard deviation over seeds of
@@ -104,10 +107,14 @@ def load_results(path: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def run_key(run: dict) -> tuple:
+    """What makes two runs the same run: dataset, method, seed and budget."""
+    return run["dataset"], run["method"], run["seed"], run["train_examples"], run["dev_examples"], run["epochs"]
+
+
 def save_results(path: Path, results: list[dict], new: dict) -> list[dict]:
-    """Add a run, replacing an earlier one of the same dataset, method, seed and budget."""
-    key = lambda r: (r["dataset"], r["method"], r["seed"], r["train_examples"], r["dev_examples"], r["epochs"])  # noqa: E731
-    results = [r for r in results if key(r) != key(new)] + [new]
+    """Add a run, replacing an earlier one of the same key."""
+    results = [r for r in results if run_key(r) != run_key(new)] + [new]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(results, indent=1) + "\n")
     return results
@@ -208,6 +215,7 @@ def main():
     parser.add_argument("--results", type=Path, default=common.REPO_ROOT / "bench" / "results" / "methods.json")
     parser.add_argument("--report", type=Path, default=common.REPO_ROOT / "bench" / "results" / "methods.md")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table, chart and report")
+    parser.add_argument("--rerun", action="store_true", help="run again what the JSON file already holds")
     args = parser.parse_args()
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
@@ -215,17 +223,21 @@ def main():
     args.train_examples = args.train_examples or DATASETS[args.dataset]
     args.model = args.model or str(common.smollm2_path())
     results = load_results(args.results)
+    args.dev_size = args.dev_examples or len(draw_lines(args.data / f"{args.dataset}-dev.txt", 0, None))
     if not args.report_only:
         with tempfile.TemporaryDirectory() as folder:
             for method in args.methods.split(","):
                 trains = METHODS[method][0][1] != "prompt" or "--shots" in METHODS[method][0]
                 for seed in range(args.seeds if trains else 1):
+                    planned = (args.dataset, method, seed, args.train_examples, args.dev_size, args.epochs)
+                    if not args.rerun and planned in {run_key(r) for r in results}:
+                        print(f"{method} seed {seed}: in {args.results.name} already (--rerun runs it again)")
+                        continue
                     record = run_one(method, args.dataset, seed, args, Path(folder))
                     results = save_results(args.results, results, record)
                     print(f"{method} seed {seed}: dev acc {record['accuracy']:.3f}, macro-F1 {record['macro_f1']:.3f}, "
                           f"{record['seconds']:.0f}s, peak {record['peak_mib']:,.0f} MiB", flush=True)
-    dev_examples = args.dev_examples or len(draw_lines(args.data / f"{args.dataset}-dev.txt", 0, None))
-    this_budget = (args.train_examples, dev_examples, args.epochs)
+    this_budget = (args.train_examples, args.dev_size, args.epochs)
     common.print_table(f"{args.dataset} dev, methods side by side", HEADER,
                        table_rows(results, args.dataset, this_budget), [])
     write_report(results, args)

@@ -39,6 +39,8 @@ METHODS = {
     "calibrated": (["--option", "prompt", "--calibrate"], "zero-shot, contextual calibration"),
     "few_shot": (["--option", "prompt", "--shots", "5"], "K = 5 demonstrations (one per label) in the prompt"),
     "calibrated_few_shot": (["--option", "prompt", "--shots", "5", "--calibrate"], "K = 5 demonstrations, calibrated"),
+    "calibrated_10_shot": (["--option", "prompt", "--shots", "10", "--calibrate"],
+                           "K = 10 demonstrations (two per label), calibrated"),
     "finetune": (["--option", "finetune", "--lr", "2e-5"], "the whole model and a linear head"),
     "mixout": (["--option", "finetune", "--lr", "2e-5", "--mixout", "0.1"], "finetune with Mixout p = 0.1"),
     "lora": (["--option", "lora", "--lr", "1e-3", "--lora_rank", "4", "--lora_alpha", "4"], "LoRA r = 4 on attention"),

@@ -237,8 +237,8 @@ def add_method_flags(parser) -> None:
                          help="prompt: contextual calibration on content-free inputs (Zhao et al. 2021)")
     methods.add_argument("--chat_template", action="store_true", help="prompt: ask through the model's chat template")
     methods.add_argument("--head_init", choices=("random", "label_words"), default="random",
-                         help="finetune, lora, ia3: label_words starts the head as the zero-shot classifier "
-                              "(and appends the zero-shot question to every sentence)")
+                         help="finetune, lora, ia3, prompt_tuning: label_words starts the head as the zero-shot "
+                              "classifier (and appends the zero-shot question to every sentence)")
     methods.add_argument("--wise_ft", default=None,
                          help="finetune, lora, ia3 with --head_init label_words: comma-separated coefficients "
                               "in [0, 1]; after training keep the best interpolation on dev (WiSE-FT)")
@@ -262,7 +262,7 @@ def validate_methods(args) -> None:
             what = {"peft": "it adapts the backbone of those options (the others have none left to adapt, "
                             "or are adapters already)"}.get(flag, "it has no meaning elsewhere")
             raise RunError(f"--{flag} is for --option {' or '.join(options)}: {what}")
-    for flag, default, options in (("shots", 0, ("prompt",)), ("head_init", "random", ("finetune", "lora", "ia3")),
+    for flag, default, options in (("shots", 0, ("prompt",)), ("head_init", "random", ("finetune", "lora", "ia3", "prompt_tuning")),
                                    ("n_virtual_tokens", 20, ("prompt_tuning",)),
                                    ("prompt_init", "question", ("prompt_tuning",))):
         if getattr(args, flag) != default and option not in options:

@@ -76,6 +76,21 @@ def test_prompt_tuning_trains_only_the_soft_prompt_and_head(tmp_path, capsys, da
             == (tmp_path / "b" / "sst-dev-prompt_tuning-output.txt").read_text())
 
 
+def test_prompt_tuning_from_the_label_word_head_reloads_with_its_question(tmp_path, capsys, data, tiny_model,
+                                                                        tokenizer_model_path):
+    run(capsys, data, tiny_model, tokenizer_model_path, tmp_path / "a", "--option", "prompt_tuning",
+        "--n_virtual_tokens", 3, "--head_init", "label_words")
+    # the checkpoint's own --head_init brings back the question after each sentence: the same dev loss
+    run(capsys, data, tiny_model, tokenizer_model_path, tmp_path / "b", "--option", "prompt_tuning",
+        "--checkpoint_in", tmp_path / "a" / "prompt_tuning-1-0.001.pt")
+    losses = [json.loads((tmp_path / run_ / "sst-prompt_tuning-output.json").read_text())["dev"]["loss"]
+              for run_ in "ab"]
+    assert losses[0] == losses[1]
+    run(capsys, data, tiny_model, tokenizer_model_path, tmp_path / "c", "--option", "prompt_tuning",
+        "--n_virtual_tokens", 3)
+    assert json.loads((tmp_path / "c" / "sst-prompt_tuning-output.json").read_text())["dev"]["loss"] != losses[0]
+
+
 def test_lora_targets_choose_the_projections(tmp_path, capsys, data, tiny_model, tokenizer_model_path):
     run(capsys, data, tiny_model, tokenizer_model_path, tmp_path, "--option", "lora", "--lora_targets", "w2",
         "--lora_dropout", "0.1")

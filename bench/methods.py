@@ -45,7 +45,7 @@ METHODS = {
     "mixout": (["--option", "finetune", "--lr", "2e-5", "--mixout", "0.1"], "finetune with Mixout p = 0.1"),
     "lora": (["--option", "lora", "--lr", "1e-3", "--lora_rank", "4", "--lora_alpha", "4"], "LoRA r = 4 on attention"),
     "ia3": (["--option", "ia3", "--lr", "3e-3"], "IA3 vectors and the head"),
-    "prompt_tuning": (["--option", "prompt_tuning", "--lr", "3e-2", "--n_virtual_tokens", "10", "--head_init",
+    "prompt_tuning": (["--option", "prompt_tuning", "--lr", "3e-3", "--n_virtual_tokens", "10", "--head_init",
                        "label_words"], "10 soft-prompt tokens and the head, the head from the label words"),
     "prompt_finetune": (["--option", "prompt_finetune", "--peft", "lora", "--lr", "1e-3", "--lora_alpha", "4"],
                         "the zero-shot scoring trained through LoRA"),

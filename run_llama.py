@@ -262,7 +262,8 @@ def validate_methods(args) -> None:
             what = {"peft": "it adapts the backbone of those options (the others have none left to adapt, "
                             "or are adapters already)"}.get(flag, "it has no meaning elsewhere")
             raise RunError(f"--{flag} is for --option {' or '.join(options)}: {what}")
-    for flag, default, options in (("shots", 0, ("prompt",)), ("head_init", "random", ("finetune", "lora", "ia3", "prompt_tuning")),
+    for flag, default, options in (("shots", 0, ("prompt",)),
+                                   ("head_init", "random", ("finetune", "lora", "ia3", "prompt_tuning")),
                                    ("n_virtual_tokens", 20, ("prompt_tuning",)),
                                    ("prompt_init", "question", ("prompt_tuning",))):
         if getattr(args, flag) != default and option not in options:

@@ -225,13 +225,14 @@ def main():
     args.train_examples = args.train_examples or DATASETS[args.dataset]
     args.model = args.model or str(common.smollm2_path())
     results = load_results(args.results)
-    args.dev_size = args.dev_examples or len(draw_lines(args.data / f"{args.dataset}-dev.txt", 0, None))
+    dev_size = args.dev_examples or len(draw_lines(args.data / f"{args.dataset}-dev.txt", 0, None))
+    this_budget = {"train_examples": args.train_examples, "dev_examples": dev_size, "epochs": args.epochs}
     if not args.report_only:
         with tempfile.TemporaryDirectory() as folder:
             for method in args.methods.split(","):
                 trains = METHODS[method][0][1] != "prompt" or "--shots" in METHODS[method][0]
                 for seed in range(args.seeds if trains else 1):
-                    planned = (args.dataset, method, seed, args.train_examples, args.dev_size, args.epochs)
+                    planned = run_key({"dataset": args.dataset, "method": method, "seed": seed, **this_budget})
                     if not args.rerun and planned in {run_key(r) for r in results}:
                         print(f"{method} seed {seed}: in {args.results.name} already (--rerun runs it again)")
                         continue
@@ -239,9 +240,8 @@ def main():
                     results = save_results(args.results, results, record)
                     print(f"{method} seed {seed}: dev acc {record['accuracy']:.3f}, macro-F1 {record['macro_f1']:.3f}, "
                           f"{record['seconds']:.0f}s, peak {record['peak_mib']:,.0f} MiB", flush=True)
-    this_budget = (args.train_examples, args.dev_size, args.epochs)
     common.print_table(f"{args.dataset} dev, methods side by side", HEADER,
-                       table_rows(results, args.dataset, this_budget), [])
+                       table_rows(results, args.dataset, budget(this_budget)), [])
     write_report(results, args)
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import fast_decode
+from llama import Llama
 from lora import apply_lora
 from quantize import prepare_for_inference
-from llama import Llama
 from test_generate import left_pad, manual_greedy, random_tokens, tiny_llama
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -91,10 +91,12 @@ def test_bf16_autocast_runs_and_follows_llama_generate():
     model = tiny_llama()
     idx = random_tokens(1, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(fast_decode.generate(model, idx, 10, temperature=0.0), model.generate(idx, 10, temperature=0.0))
+        assert torch.equal(fast_decode.generate(model, idx, 10, temperature=0.0),
+                           model.generate(idx, 10, temperature=0.0))
 
 
-ABLATIONS = {"gelu": dict(ffn="gelu"), "alibi": dict(positional="alibi"), "differential": dict(attention="differential")}
+ABLATIONS = {"gelu": dict(ffn="gelu"), "alibi": dict(positional="alibi"),
+             "differential": dict(attention="differential")}
 
 
 @pytest.mark.parametrize("case", ["window slides", "lora", "training", *ABLATIONS])
@@ -144,8 +146,8 @@ def test_compile_flag_is_for_generate_and_a_missing_compiler_is_one_line(tmp_pat
     torch.manual_seed(0)
     torch.save({"model_args": config.to_dict(), "model": Llama(config).state_dict()}, tmp_path / "tiny.pt")
     env = {**os.environ, "PATH": str(tmp_path / "no-compilers-here"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
-    child = subprocess.run([sys.executable, "run_llama.py", "--option", "generate", "--compile", "--pretrained-model-path",
-                            str(tmp_path / "tiny.pt"), "--out_dir", str(tmp_path / "out")], cwd=REPO_ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+    child = subprocess.run([sys.executable, "run_llama.py", "--option", "generate", "--compile",
+                            "--pretrained-model-path", str(tmp_path / "tiny.pt"), "--out_dir", str(tmp_path / "out")],
+                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode != 0 and "Traceback" not in child.stderr, child.stderr[-2000:]
     assert "--compile: torch.compile could not build its kernels here" in child.stderr

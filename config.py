@@ -5,8 +5,6 @@ The defaults describe stories42M, the 42M-parameter TinyStories model the assign
 
 from dataclasses import asdict, dataclass, fields
 
-from rope_scaling import check_rope_scaling
-
 # The shapes of llama2.c's TinyStories models (karpathy/tinyllamas), for --preset. The vocabulary
 # size is the tokenizer's, so it is not part of a preset.
 PRESETS = {
@@ -57,8 +55,6 @@ class LlamaConfig:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if (self.dim // self.n_heads) % 2:
             raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for rotary embeddings")
-        if self.rope_scaling is not None:
-            check_rope_scaling(self.rope_scaling)
         for name, allowed in ARCHITECTURE_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

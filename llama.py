@@ -14,7 +14,7 @@ from torch import nn
 from base_llama import LlamaPreTrainedModel
 from config import LlamaConfig
 from rope import apply_rotary_emb
-from rope_scaling import rope_base
+from support.rope_scaling import rope_base
 
 
 class RMSNorm(nn.Module):
@@ -232,19 +232,31 @@ class FeedForward(nn.Module):
         return self.dropout(self.w2(self.SwiGLU(x)))
 
 
+# The pre-training ablations (minllama/pretraining/architectures.py) put their layer builders here
+# when they are imported, {"attention": (layer_id, config) -> module, "ffn": config -> module}:
+# Llama 2's own layers need nothing of them, and the model never imports the package above it.
+ABLATED_LAYERS: dict = {}
+
+
 def make_attention(layer_id: int, config: LlamaConfig) -> nn.Module:
-    """Llama 2's attention, or the pre-training ablation the config names (architectures.py)."""
+    """Llama 2's attention, or the pre-training ablation the config names."""
     if not {"positional", "attention"} & set(config.architecture_changes()):
         return Attention(config)
-    from architectures import ablated_attention  # the solution's A+ experiments (not in a skeleton)
-    return ablated_attention(layer_id, config)
+    return _ablated_layer("attention", config)(layer_id, config)
 
 
 def make_feed_forward(config: LlamaConfig) -> nn.Module:
     if config.ffn == "swiglu":
         return FeedForward(config)
-    from architectures import GeluFeedForward
-    return GeluFeedForward(config)
+    return _ablated_layer("ffn", config)(config)
+
+
+def _ablated_layer(kind: str, config: LlamaConfig):
+    if kind not in ABLATED_LAYERS:
+        raise ValueError(f"this model is a pre-training ablation ({config.architecture_changes()}): its layers "
+                         "are built by minllama.pretraining.architectures, which this copy of the code has not "
+                         "imported (or does not have)")
+    return ABLATED_LAYERS[kind]
 
 
 class LlamaLayer(nn.Module):
@@ -450,7 +462,7 @@ def load_pretrained(checkpoint, **config_overrides) -> Llama:
 
     `config_overrides` set what a file cannot tell, e.g. norm_type="layernorm" or dropout.
     Loading is strict: a missing, unexpected or mis-shaped tensor is an error naming it."""
-    from checkpoints import load_state_dict_strict, read_checkpoint
+    from support.checkpoints import load_state_dict_strict, read_checkpoint
 
     model_args, state_dict = read_checkpoint(checkpoint)
     config = LlamaConfig.from_dict({**model_args, **config_overrides})

@@ -40,9 +40,8 @@ import torch
 import torch.nn as nn
 
 # ATTENTION_PROJECTIONS: the default targets (DESIGN.md, "LoRA contract"); parse_targets reads --lora_targets
-from adapters import (ATTENTION_PROJECTIONS, ParameterCount, adapter_parameters, adapter_state_dict,
-                      count_parameters, freeze_all_but, layers_of_type, load_adapter_state_dict,
-                      wrap_children)
+from support.adapters import (ATTENTION_PROJECTIONS, ParameterCount, adapter_parameters, adapter_state_dict,
+                              count_parameters, freeze_all_but, layers_of_type, load_adapter_state_dict, wrap_children)
 
 
 class LoRALayer(nn.Module):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import course
 from optimizer import AdamW
+from support import course
 from utils import REPO_ROOT, MissingAssetError, require_file
 
 # variant name -> (reference file, max_grad_norm), for the courses of this copy (course.py): LUH's

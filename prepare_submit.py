@@ -17,7 +17,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-import course
+from support import course
 
 MAX_ZIP_BYTES = 10 * 1024 * 1024
 DEFAULT_VARIANT = course.default().name  # this skeleton's course ("rmsnorm": LUH, "layernorm": CMU 2025)

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import torch
 
-from rope_scaling import ScaledTheta, llama3_frequencies
+from support.rope_scaling import ScaledTheta, llama3_frequencies
 
 
 @lru_cache(maxsize=16)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-import course
 from llama import load_pretrained
+from support import course
 from utils import REPO_ROOT, MissingAssetError, require_file
 
 SANITY_TOKENS = [[101, 7592, 2088, 102, 0, 0, 0, 0],

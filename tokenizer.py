@@ -27,10 +27,11 @@ from pathlib import Path
 
 import sentencepiece
 import torch
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as BPETokenizer
+from tokenizers import decoders, models, pre_tokenizers
 
-from checkpoints import GGUF_MAGIC, CheckpointError, checkpoint_format, gguf_metadata, open_gguf
+from support.checkpoints import GGUF_MAGIC, CheckpointError, checkpoint_format, gguf_metadata, open_gguf
 from utils import REPO_ROOT, atomic_path, require_file
 
 TOKENIZER_MODEL = REPO_ROOT / "tokenizer.model"
@@ -85,7 +86,7 @@ class Tokenizer:
 
     def __init__(self, max_len: int | None = None, tokenizer_model=None):
         if tokenizer_model is not None and Path(tokenizer_model).is_dir():  # a Hugging Face folder
-            from hf_tokenizer import tokenizer_json_in
+            from support.hf_tokenizer import tokenizer_json_in
             tokenizer_model = tokenizer_json_in(Path(tokenizer_model))
         self.model_path = require_file(tokenizer_model or TOKENIZER_MODEL, HOW_TO_GET)
         self.max_len = max_len
@@ -142,7 +143,7 @@ class Tokenizer:
         if self.kind == "sentencepiece":
             path, data = Path(folder) / "tokenizer.model", self.sp.serialized_model_proto()
         elif self.kind == "bpe":  # with tokenizer_config.json beside it: special ids, BOS rule, template
-            from hf_tokenizer import write_tokenizer_files
+            from support.hf_tokenizer import write_tokenizer_files
             return write_tokenizer_files(self, Path(folder))
         else:
             path = Path(folder) / "char_tokenizer.json"
@@ -157,7 +158,7 @@ class Tokenizer:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: not a valid JSON tokenizer file: {error}") from None
         if "model" in content:  # the `tokenizers` library's tokenizer.json, as in Hugging Face folders
-            from hf_tokenizer import read_tokenizer_json
+            from support.hf_tokenizer import read_tokenizer_json
             found = read_tokenizer_json(path)
             self._use_bpe(found["bpe"], found["bos_id"], found["eos_id"], found["pad_id"], found["add_bos"])
             self.chat_template = found["chat_template"]
@@ -167,7 +168,7 @@ class Tokenizer:
         self._use_chars(content["chars"])
 
     def _use_chars(self, chars: str):
-        self.kind, self.chars = "char", chars
+        self.kind, self.chars, self.char_specials = "char", chars, CHAR_SPECIALS
         self.n_words = len(CHAR_SPECIALS) + len(chars)
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = CHAR_BOS, CHAR_EOS, CHAR_PAD, CHAR_UNK
         self.add_bos = True
@@ -208,7 +209,7 @@ class Tokenizer:
             raise CheckpointError(f"{path}: GGUF tokenizer {vocabulary!r} is not supported "
                                   "(only byte-level BPE, 'gpt2', and SentencePiece BPE, 'llama')")
         if vocabulary == "llama":  # rebuilt as the `tokenizers` BPE that gives SentencePiece's ids
-            from hf_tokenizer import sentencepiece_as_bpe
+            from support.hf_tokenizer import sentencepiece_as_bpe
             bpe = sentencepiece_as_bpe(metadata("tokens"), metadata("scores"), metadata("token_type"))
         else:
             pre = gguf_metadata(reader, "tokenizer.ggml.pre", "default")

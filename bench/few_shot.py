@@ -18,8 +18,8 @@ import torch
 import common
 import run_llama
 from llama import load_pretrained
-from prompting import (CalibratedClassifier, PromptClassifier, PromptTemplate, build_prompt, content_free_queries,
-                       draw_demonstrations)
+from minllama.methods.prompting import (CalibratedClassifier, PromptClassifier, PromptTemplate, build_prompt,
+                                        content_free_queries, draw_demonstrations)
 from tokenizer import Tokenizer
 
 

@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 
 import common
-import training
-from classification import epoch_batches, predict
-from data import collate, encode_examples, length_sorted_batches, padding_fraction, read_examples
-from objectives import ClassificationLoss
+from minllama.classify.classification import epoch_batches, predict
+from minllama.training import loop as training
+from minllama.training.data import collate, encode_examples, length_sorted_batches, padding_fraction, read_examples
+from minllama.training.objectives import ClassificationLoss
 from optimizer import AdamW
 from tokenizer import Tokenizer
+
 
 def transformers_classifier(model, num_labels: int, pad_id: int, device):
     """LlamaForSequenceClassification with `model`'s backbone weights and a fresh head."""

@@ -12,14 +12,13 @@ fast_decode.py (the same tokens, less work per step around the weights).
 """
 
 import argparse
-
 import copy
 
 import torch
 
 import common
-import fast_decode
-from quantize import prepare_for_inference
+from minllama.inference import fast_decode
+from minllama.inference.quantize import prepare_for_inference
 
 
 def matmuls_alone(model, n: int, batch: int):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import common
-from classification_methods import TRAINABLE_PARAMETERS
+from minllama.classify.method_builders import DEFAULT_LORA_TARGETS, TRAININGS
 from optimizer import AdamW
 
 MODES = ("finetune", "lora")
@@ -48,7 +48,8 @@ def measure(mode: str, args) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         classifier = common.our_classifier(model, Path(folder), 5, device).train()
     del model
-    TRAINABLE_PARAMETERS[mode](classifier, SimpleNamespace(lora_rank=args.lora_rank, lora_alpha=1.0))
+    TRAININGS[mode].make_trainable(classifier, SimpleNamespace(lora_rank=args.lora_rank, lora_alpha=1.0, mixout=None,
+                                                               lora_targets=DEFAULT_LORA_TARGETS, lora_dropout=0.0))
     trainable = [p for p in classifier.parameters() if p.requires_grad]
 
     def train_steps(batch_size: int, seq_len: int, n_steps: int):

@@ -22,11 +22,11 @@ import torch
 
 import common
 from config import LlamaConfig
-from data import split_train_val, windows_at
 from llama import Llama
-from objectives import LanguageModelLoss
+from minllama.training.data import split_train_val, windows_at
+from minllama.training.loop import LoopSettings, build_optimizer
+from minllama.training.objectives import LanguageModelLoss
 from tokenizer import Tokenizer
-from training import LoopSettings, build_optimizer
 
 README_COMMAND = ["--option", "pretrain", "--corpus", "data/tinyshakespeare.txt", "--tokenizer", "char",
                   "--dim", "128", "--n_layers", "4", "--n_heads", "4", "--max_seq_len", "64", "--batch_size", "12",

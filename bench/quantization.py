@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import common
-import fast_decode
-from data import collate, encode_examples, length_sorted_batches, read_examples
-from quantize import prepare_for_inference
+from minllama.inference import fast_decode
+from minllama.inference.quantize import prepare_for_inference
+from minllama.training.data import collate, encode_examples, length_sorted_batches, read_examples
 
 VARIANTS = {"float32": dict(), "int8 linear layers": dict(quantize="int8"), "bfloat16 weights": dict(dtype="bfloat16")}
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 import common
-from data import collate, encode_examples, length_sorted_batches, read_examples
 from classifier import LlamaZeroShotClassifier
-from quantize import prepare_for_inference
+from minllama.inference.quantize import prepare_for_inference
+from minllama.training.data import collate, encode_examples, length_sorted_batches, read_examples
 
 
 def label_by_label(classifier: LlamaZeroShotClassifier, input_ids, attention_mask) -> torch.Tensor:

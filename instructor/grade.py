@@ -36,8 +36,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from checks import Expected, prepare_expected, run_check
 from perplexity import PerplexityModel, default_perplexity_model, flag_generations
+
+from checks import Expected, prepare_expected, run_check
 from reports import CHECKS, write_reports
 from sandbox import UNSAFE_EXPLANATION, SandboxUnavailable, Unsandboxed, find_bubblewrap, remove
 from unpack import ArchiveLimits, Rejected, code_root, safe_copy_folder, safe_extract_zip
@@ -45,11 +46,11 @@ from unpack import ArchiveLimits, Rejected, code_root, safe_copy_folder, safe_ex
 INSTRUCTOR_DIR = Path(__file__).resolve().parent
 REPO_ROOT = INSTRUCTOR_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
-from course import COURSES, OPTIMIZER_REFERENCE, ROPE_REFERENCE, SANITY_REFERENCE  # noqa: E402
+from support.course import COURSES, OPTIMIZER_REFERENCE, ROPE_REFERENCE, SANITY_REFERENCE  # noqa: E402
 
 # The instructor's copies of the checks, run against the submission's modules.
 HARNESS_FILES = [REPO_ROOT / "rope_test.py", REPO_ROOT / "optimizer_test.py", REPO_ROOT / "sanity_check.py",
-                 REPO_ROOT / "course.py",  # the checks read the course table
+                 REPO_ROOT / "support" / "course.py",  # the checks read the course table
                  INSTRUCTOR_DIR / "grader_probe.py", INSTRUCTOR_DIR / "drawn_inputs.py"]
 # Modules students do not write: taken from the solution when a submission lacks them.
 SUPPORT_MODULES = ["config.py", "base_llama.py", "utils.py", "checkpoints.py", "tokenizer.py"]

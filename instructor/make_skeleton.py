@@ -56,8 +56,8 @@ from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # course.py, the table of the course variants
-from course import COURSES, Course, method_modules  # noqa: E402
 from skeleton_docs import skeleton_structure, student_readme  # noqa: E402
+from support.course import COURSES, Course, method_modules  # noqa: E402
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 VARIANT_BEGIN, VARIANT_END = "# BEGIN VARIANT", "# END VARIANT"
@@ -524,7 +524,7 @@ def course_rewrites(course: Course) -> dict:
     renames = {explicit: shipped for shipped, explicit in course.references}
     others = set(REFERENCE_FILES - set(renames))
     rewrites = {
-        "course.py": [set_assignment("THIS_COURSE", course.name)],
+        "support/course.py": [set_assignment("THIS_COURSE", course.name)],
         "setup.sh": [rename_setup_assets(renames, others)],
         "assets.sha256": [rename_checksums(renames, others)],
         "run_llama.py": [keep_cli_choices("--option", course.options)],

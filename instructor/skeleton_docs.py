@@ -3,7 +3,7 @@ not ship) and its README (written for the course). Used by make_skeleton.py."""
 
 import re
 
-from course import Course
+from support.course import Course
 
 _BACKTICKED = re.compile(r"`([^`]+)`")
 _LIST_ITEM = re.compile(r"\s*(?:[-*]|\d+\.)\s")

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import run_llama
-from architectures import DifferentialAttention, GeluFeedForward, UnrotatedAttention, alibi_slopes
 from config import LlamaConfig
-from export import ExportError, export
 from llama import Attention, FeedForward, Llama, load_pretrained
+from minllama.pretraining.architectures import DifferentialAttention, GeluFeedForward, UnrotatedAttention, alibi_slopes
+from minllama.tools.export import ExportError, export
 
 VARIANTS = [{}, {"positional": "alibi"}, {"positional": "none"}, {"ffn": "gelu"}, {"attention": "differential"},
             {"attention": "differential", "n_kv_heads": 2}]

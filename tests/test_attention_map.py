@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-import attention_map
-from attention_map import attention_maps, main, recording_attention, save_attention_grid
 from config import LlamaConfig
-from testkit import require_module
 from llama import Attention, Llama
+from minllama.tools import attention_map
+from minllama.tools.attention_map import attention_maps, main, recording_attention, save_attention_grid
 from rope import apply_rotary_emb
+from testkit import require_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from chat import (PLAIN_TEMPLATE, ChatTemplate, ChatTemplateError, fit_to_context, run_chat, stop_condition,
-                  stream_reply, zero_shot_chat_prompt)
 from classifier import zero_shot_question
+from minllama.inference.chat import (PLAIN_TEMPLATE, ChatTemplate, ChatTemplateError, fit_to_context, run_chat,
+                                     stop_condition, stream_reply, zero_shot_chat_prompt)
 from testkit import require_module
 from tokenizer import Tokenizer
 

@@ -5,14 +5,13 @@ import os
 import struct
 
 import gguf
-
 import numpy as np
 import pytest
 import torch
 
-from checkpoints import CheckpointError, checkpoint_format, load_state_dict_strict, read_checkpoint
 from config import LlamaConfig
 from llama import Llama, load_pretrained
+from support.checkpoints import CheckpointError, checkpoint_format, load_state_dict_strict, read_checkpoint
 from utils import MissingAssetError
 
 # GQA and an explicit FFN size, so that every projection has its own shape.
@@ -211,8 +210,8 @@ def test_gguf_round_trip(tmp_path):
 
 def test_gguf_cache(tmp_path, monkeypatch):
     """The decoded file is stored once, read back the same, and not used for a changed file."""
-    import gguf_cache
-    from checkpoints import _gguf_reader
+    from support import gguf_cache
+    from support.checkpoints import _gguf_reader
 
     monkeypatch.setenv("MINLLAMA_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "tiny.gguf"

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from config import LlamaConfig
-from decoding import logits_filters, min_p_filter, penalise_repetitions
 from llama import Llama
+from minllama.inference.decoding import logits_filters, min_p_filter, penalise_repetitions
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 

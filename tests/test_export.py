@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import export
-from checkpoints import read_checkpoint
 from config import LlamaConfig
 from llama import Llama
+from minllama.tools import export
+from support.checkpoints import read_checkpoint
 from testkit import require_module
 from tokenizer import Tokenizer, tokenizer_for_checkpoint
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_generate import left_pad, manual_greedy, random_tokens, tiny_llama
 
-import fast_decode
 from llama import Llama
 from lora import apply_lora
-from quantize import prepare_for_inference
-from test_generate import left_pad, manual_greedy, random_tokens, tiny_llama
+from minllama.inference import fast_decode
+from minllama.inference.quantize import prepare_for_inference
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

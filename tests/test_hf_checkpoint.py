@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
-import export
-from checkpoints import CheckpointError, read_checkpoint
 from config import LlamaConfig
-from hf_tokenizer import sentencepiece_as_bpe, sentencepiece_pieces
 from llama import Llama, load_pretrained
+from minllama.tools import export
+from support.checkpoints import CheckpointError, read_checkpoint
+from support.hf_tokenizer import sentencepiece_as_bpe, sentencepiece_pieces
 from testkit import require_module
 from tokenizer import Tokenizer, tokenizer_for_checkpoint
 

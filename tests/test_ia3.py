@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adapters import parse_targets
 from config import LlamaConfig
-from ia3 import (IA3Layer, apply_ia3, count_ia3_parameters, get_ia3_optimizer_params, ia3_state_dict,
-                 load_ia3_state_dict, merge_ia3_weights)
 from llama import Llama
+from minllama.methods.ia3 import (IA3Layer, apply_ia3, count_ia3_parameters, get_ia3_optimizer_params, ia3_state_dict,
+                                  load_ia3_state_dict, merge_ia3_weights)
+from support.adapters import parse_targets
 
 CONFIG = dict(vocab_size=96, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, hidden_dim=96)
 KV_DIM = CONFIG["dim"] // CONFIG["n_heads"] * CONFIG["n_kv_heads"]

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from chat import ChatTemplate
-from instruct_data import (InstructionDataError, classification_conversations, encode_conversation,
-                           parse_label, read_conversations)
+from minllama.inference.chat import ChatTemplate
+from minllama.instruct.instruct_data import (InstructionDataError, classification_conversations, encode_conversation,
+                                             parse_label, read_conversations)
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from test_run_llama import data, run_cli, tiny  # noqa: F401  (fixtures)
 
 import run_llama
-from chat import ChatTemplate
 from config import LlamaConfig
-from instruct_data import classification_conversations, encode_conversation
-from instruct_tuning import build_model, instruction_batch, label_answer_ids, shifted
 from llama import Llama
-from objectives import IGNORE, LanguageModelLoss
-from test_run_llama import data, run_cli, tiny  # noqa: F401  (fixtures)
+from minllama.inference.chat import ChatTemplate
+from minllama.instruct.instruct_data import classification_conversations, encode_conversation
+from minllama.instruct.instruct_tuning import build_model, instruction_batch, label_answer_ids, shifted
+from minllama.training.objectives import IGNORE, LanguageModelLoss
 
 LABELS = ["bad", "good"]
 

@@ -29,10 +29,10 @@ from llama import Llama
 from utils import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "instructor"))
-import fill_skeleton  # noqa: E402
 import make_reference  # noqa: E402
-import make_skeleton as ms  # noqa: E402
 
+import fill_skeleton  # noqa: E402
+import make_skeleton as ms  # noqa: E402
 import prepare_submit  # noqa: E402
 from student_mutations import MUTATIONS  # noqa: E402
 
@@ -565,7 +565,7 @@ def test_an_instructor_can_opt_a_course_into_ia3_and_prompt_tuning(tmp_path, mon
     their modules ship with todos, caught by tests/student/test_your_methods.py, and pass when solved."""
     import dataclasses
 
-    from course import Method
+    from support.course import Method
 
     base = ms.VARIANTS[MUTATED_COURSE].course
     opted = dataclasses.replace(base, methods=(*base.methods, Method("ia3", "ia3", module="ia3.py"),

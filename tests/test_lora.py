@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from adapters import parse_targets
 from config import LlamaConfig
 from llama import Llama
 from lora import (ATTENTION_PROJECTIONS, LoRALayer, ParameterCount, apply_lora, count_lora_parameters,
                   get_lora_optimizer_params, load_lora_state_dict, lora_state_dict, merge_lora_weights)
+from support.adapters import parse_targets
 
 # GQA (n_kv_heads < n_heads) so that key/value projections have a different shape from query/output
 CONFIG = dict(vocab_size=96, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, hidden_dim=96)

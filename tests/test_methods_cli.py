@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 import torch
+from test_run_llama import check_predictions, data, sst_args, tiny, tiny_model  # noqa: F401 (fixtures)
 
 import run_llama
-from data import Example, stratified_sample
-from test_run_llama import check_predictions, data, sst_args, tiny, tiny_model  # noqa: F401 (fixtures)
+from minllama.training.data import Example, stratified_sample
 
 FAST = ("--epochs", "1", "--lr", "1e-3", "--skip_test", "--limit", "12")
 
@@ -142,7 +142,7 @@ def test_wise_ft_sweeps_every_coefficient_with_lora(tmp_path, capsys, data, tiny
 
 
 def test_mixout_wraps_the_projections(tmp_path, capsys, monkeypatch, data, tiny_model, tokenizer_model_path):
-    import mixout
+    from minllama.methods import mixout
 
     calls = []
     original = mixout.mixout

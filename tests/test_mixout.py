@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from config import LlamaConfig
 from llama import Llama
-from mixout import MixoutLinear, apply_mixout, mixout, remove_mixout
+from minllama.methods.mixout import MixoutLinear, apply_mixout, mixout, remove_mixout
 
 CONFIG = dict(vocab_size=96, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, hidden_dim=64)
 

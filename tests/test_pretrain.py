@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import pretraining
 import run_llama
 from llama import load_pretrained
+from minllama.pretraining import pretraining
 from tokenizer import Tokenizer, tokenizer_for_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,9 @@ import torch
 from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from config import LlamaConfig
 from llama import Llama
-from prompt_tuning import (PromptTunedLlama, apply_prompt_tuning, context_budget, count_prompt_tuning_parameters,
-                           load_prompt_tuning_state_dict, prompt_init_ids, prompt_tuning_state_dict)
+from minllama.methods.prompt_tuning import (PromptTunedLlama, apply_prompt_tuning, context_budget,
+                                            count_prompt_tuning_parameters, load_prompt_tuning_state_dict,
+                                            prompt_init_ids, prompt_tuning_state_dict)
 from tokenizer import Tokenizer
 
 CONFIG = dict(vocab_size=32000, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48)

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from classifier import LlamaZeroShotClassifier
 from config import LlamaConfig
-from ia3 import apply_ia3
 from llama import Llama
 from lora import apply_lora
-from prompting import (CalibratedClassifier, PromptClassifier, PromptTemplate, build_prompt, content_free_queries,
-                       draw_demonstrations)
+from minllama.methods.ia3 import apply_ia3
+from minllama.methods.prompting import (CalibratedClassifier, PromptClassifier, PromptTemplate, build_prompt,
+                                        content_free_queries, draw_demonstrations)
 from tokenizer import Tokenizer
 
 LABELS = ["terrible", "okayish", "wonderful"]  # several tokens each: the KV-cache path for the label tails
@@ -165,7 +165,7 @@ def test_prompt_based_fine_tuning_learns_the_label_words(checkpoint, tokenizer, 
 def test_soft_prompt_scored_by_the_label_words(checkpoint, tokenizer):
     """Lester et al.'s own setup: a soft prompt (prompt_tuning.py) under the label-word scoring;
     only the soft prompt trains, and initialised from tokens it equals typing them first."""
-    from prompt_tuning import PromptTunedLlama
+    from minllama.methods.prompt_tuning import PromptTunedLlama
 
     prompt = build_prompt(tokenizer, PromptTemplate.question(LABELS), LABELS, draw_demonstrations(TRAIN, 3, 3, seed=2))
     init = tokenizer.encode("Rate the review", bos=False, eos=False)

@@ -8,7 +8,8 @@ from torch import nn
 
 from config import LlamaConfig
 from llama import Llama
-from quantize import Int8Linear, dequantized_weight, prepare_for_inference, quantize_int8, quantize_rows
+from minllama.inference.quantize import (Int8Linear, dequantized_weight, prepare_for_inference, quantize_int8,
+                                         quantize_rows)
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 

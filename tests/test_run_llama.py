@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import data as data_module
-import commands
-import objectives
+import minllama.training.data as data_module
 import run_llama
 from config import LlamaConfig
 from llama import Llama
+from minllama.cli import common as commands
+from minllama.training import objectives
 from tokenizer import Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

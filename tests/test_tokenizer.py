@@ -7,7 +7,7 @@ import pytest
 import sentencepiece
 import torch
 
-from checkpoints import CheckpointError
+from support.checkpoints import CheckpointError
 from testkit import require_module
 from tokenizer import Tokenizer, tokenizer_for_checkpoint
 from utils import MissingAssetError

@@ -7,9 +7,9 @@ import unicodedata
 import pytest
 import sentencepiece
 
-import tokenizer_compare
+from minllama.tools import tokenizer_compare
+from minllama.tools.tokenizer_compare import SAMPLES, main, statistics
 from tokenizer import Tokenizer
-from tokenizer_compare import SAMPLES, main, statistics
 
 SCRIPTS = {"english": "LATIN", "persian": "ARABIC", "hindi": "DEVANAGARI", "chinese": "CJK"}
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import training
 from config import LlamaConfig
-from data import InputError, fixed_windows, read_examples, read_text, split_train_val, windows_at
 from llama import Llama
-from objectives import IGNORE, ClassificationLoss, LanguageModelLoss
-from training import Distributed, LoopSettings, LoopState, RunHooks, learning_rate, shards
+from minllama.training import loop as training
+from minllama.training.data import InputError, fixed_windows, read_examples, read_text, split_train_val, windows_at
+from minllama.training.loop import Distributed, LoopSettings, LoopState, RunHooks, learning_rate, shards
+from minllama.training.objectives import IGNORE, ClassificationLoss, LanguageModelLoss
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 

@@ -9,9 +9,9 @@ import torch
 from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier, zero_shot_question
 from config import LlamaConfig
 from llama import Llama
+from minllama.methods.wise_ft import (init_label_word_head, interpolate_state_dicts, label_word_ids,
+                                      lora_zero_shot_state, parse_alphas, wise_ft_sweep)
 from tokenizer import Tokenizer
-from wise_ft import (init_label_word_head, interpolate_state_dicts, label_word_ids, lora_zero_shot_state,
-                     parse_alphas, wise_ft_sweep)
 
 SST_LABELS = ["awful", "bad", "average", "good", "excellent"]  # data/sst-label-mapping.json
 SENTENCES = ["A gorgeous , witty , seductive movie .", "Bad .", "It 's a film .", "Nothing happens , slowly .",

@@ -6,9 +6,9 @@ import inspect
 import pytest
 import torch
 
-import course
 import llama
 from llama import Llama, sample_next_token
+from support import course
 
 PROBABILITIES = torch.tensor([0.6, 0.3, 0.07, 0.03])
 

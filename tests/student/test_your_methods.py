@@ -18,7 +18,7 @@ HAS_PROMPT_TUNING = importlib.util.find_spec("prompt_tuning") is not None
 @pytest.mark.skipif(not HAS_IA3, reason="this course has no IA3")
 @pytest.mark.parametrize("side", ["output", "input"])
 def test_ia3_layer_scales_its_side_element_wise(side):
-    from ia3 import IA3Layer
+    from minllama.methods.ia3 import IA3Layer
     torch.manual_seed(0)
     linear = torch.nn.Linear(6, 4)
     layer = IA3Layer(linear, side)
@@ -33,7 +33,7 @@ def test_ia3_layer_scales_its_side_element_wise(side):
 
 @pytest.mark.skipif(not HAS_IA3, reason="this course has no IA3")
 def test_ia3_vectors_fold_into_the_weights(small_model):
-    from ia3 import apply_ia3, merge_ia3_weights
+    from minllama.methods.ia3 import apply_ia3, merge_ia3_weights
     model = small_model()
     names = set(model.state_dict())
     apply_ia3(model)
@@ -55,7 +55,7 @@ def test_ia3_vectors_fold_into_the_weights(small_model):
 def test_soft_prompt_reads_as_the_tokens_it_starts_from_and_alone_gets_gradients(small_model):
     """Initialised from tokens' embeddings, the soft prompt is those tokens: the real tokens'
     hidden states are the frozen model's on prompt + tokens."""
-    from prompt_tuning import PromptTunedLlama
+    from minllama.methods.prompt_tuning import PromptTunedLlama
     model = small_model()
     init_ids = [5, 17, 3]
     tuned = PromptTunedLlama(model, init_ids)

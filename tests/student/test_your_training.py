@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import course
 from optimizer import AdamW
+from support import course
 
 HAS_LORA = importlib.util.find_spec("lora") is not None
 

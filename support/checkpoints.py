@@ -30,14 +30,12 @@ import numpy as np
 import torch
 
 from config import LlamaConfig
+from support.errors import CheckpointError
+from support.rope_scaling import check_rope_scaling
 from utils import require_file
 
 LLAMA2C_MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32, the v1+ .bin header
 GGUF_MAGIC = b"GGUF"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be loaded. The message names the file and the problem."""
 
 
 def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -51,6 +49,8 @@ def read_checkpoint(path) -> tuple[dict, dict[str, torch.Tensor]]:
     model_args, state_dict = readers[checkpoint_format(path)](path)
     try:
         LlamaConfig.from_dict(model_args)  # fail here, naming the file, rather than in the model
+        if model_args.get("rope_scaling") is not None:
+            check_rope_scaling(model_args["rope_scaling"])
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: its hyper-parameters do not make a valid LlamaConfig: {error}") from None
     return model_args, state_dict
@@ -241,7 +241,7 @@ def _gguf_reader(path: str, mtime_ns: int):
     """GGUFReader parses all metadata up front (seconds for a 49k-token vocabulary) and the
     tensors need dequantising: gguf_cache keeps the decoded file on disk for the next run, and a
     run reads it twice (weights, then tokenizer), so keep the last one (keyed on path and mtime)."""
-    from gguf_cache import cached_reader
+    from support.gguf_cache import cached_reader
     return cached_reader(path)
 
 
@@ -315,7 +315,7 @@ def _gguf_name(path: Path, name: str) -> str:
 
 
 def _read_hf(path: Path):
-    from hf_checkpoint import read_hf_folder  # it imports this module
+    from support.hf_checkpoint import read_hf_folder
     return read_hf_folder(path)
 
 

@@ -297,3 +297,12 @@ def fixed_windows(ids: np.ndarray, window: int, batch_size: int, n_batches: int,
     n_windows = batch_size * n_batches
     starts = np.linspace(0, len(ids) - window - 1, n_windows).astype(np.int64).tolist()
     return [windows_at(ids, starts[i:i + batch_size], window, device) for i in range(0, n_windows, batch_size)]
+
+
+def check_vocabulary(tokenizer, vocab_size: int, checkpoint) -> None:
+    """A tokenizer and a model belong together only if their vocabularies have the same size:
+    ids the embedding table lacks crash, and a smaller tokenizer means other words for the same ids."""
+    if tokenizer.n_words != vocab_size:
+        where = tokenizer.model_path or "the checkpoint's own record"
+        raise InputError(f"the tokenizer ({where}) has {tokenizer.n_words} tokens but the model {checkpoint} "
+                         f"{vocab_size}: they do not belong together (see --tokenizer)")

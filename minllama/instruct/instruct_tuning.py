@@ -30,16 +30,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from chat import ChatTemplate, stop_condition
-from classification import (ClassificationHooks, Split, count_parameters, load_checkpoint, predict, report_split,
-                            save_checkpoint, write_predictions)
-from classification_methods import check_vocabulary
-from data import InputError, collate, epoch_rows, length_sorted_batches
-from instruct_data import classification_conversations, classification_instruction, encode_conversation, parse_label
 from llama import load_pretrained
-from objectives import IGNORE, LanguageModelLoss
-from prompting import Prompt, PromptClassifier
-from training import Distributed, LoopSettings, TrainingDiverged, autocast, train
+from minllama.classify.builders import check_vocabulary
+from minllama.classify.classification import (ClassificationHooks, Split, count_parameters, load_checkpoint, predict,
+                                              report_split, save_checkpoint, write_predictions)
+from minllama.inference.chat import ChatTemplate, stop_condition
+from minllama.instruct.instruct_data import (classification_conversations, classification_instruction,
+                                             encode_conversation, parse_label)
+from minllama.methods.prompting import Prompt, PromptClassifier
+from minllama.training.data import InputError, collate, epoch_rows, length_sorted_batches
+from minllama.training.loop import Distributed, LoopSettings, TrainingDiverged, autocast, train
+from minllama.training.objectives import IGNORE, LanguageModelLoss
 
 ANSWER_TOKENS = 16  # generate-and-parse: a label word comes first in a short answer
 
@@ -74,7 +75,7 @@ def build_model(run: InstructionTuning):
 
         apply_lora(llama, rank=run.lora_rank, alpha=run.lora_alpha)
     elif run.peft == "ia3":
-        from ia3 import apply_ia3
+        from minllama.methods.ia3 import apply_ia3
 
         apply_ia3(llama)
     else:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adapters import PROJECTION_GROUPS, layers_of_type, wrap_children
+from support.adapters import PROJECTION_GROUPS, layers_of_type, wrap_children
 
 
 def mixout(weight: torch.Tensor, pretrained: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

@@ -32,8 +32,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from adapters import ParameterCount, adapter_state_dict, count_parameters, load_adapter_state_dict
 from llama import KVCache, Llama
+from support.adapters import ParameterCount, adapter_state_dict, count_parameters, load_adapter_state_dict
 
 PREFIX = "prompt_embeddings"  # the name of the one trained tensor
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoints import CheckpointError
 from config import LlamaConfig
+from support.errors import CheckpointError
 
 CONFIG = "config.json"
 SINGLE_FILE = "model.safetensors"

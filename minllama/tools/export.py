@@ -1,4 +1,4 @@
-"""Export a checkpoint for other programs: `python export.py CHECKPOINT OUT --format llama2c|gguf|hf`.
+"""Export a checkpoint for other programs: `python -m minllama.tools.export CHECKPOINT OUT --format llama2c|gguf|hf`.
 
 CHECKPOINT is anything `load_pretrained` reads (our `.pt` files, llama2.c `.bin`, GGUF, a
 Hugging Face folder). Its tokenizer comes with it (`tokenizer_for_checkpoint`), or from
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from checkpoints import GGUF_LAYER_NAMES, GGUF_MODEL_NAMES, LLAMA2C_MAGIC, CheckpointError
 from config import LlamaConfig
-from hf_checkpoint import hf_config, hf_state_dict, write_folder_atomically
-from hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, sentencepiece_pieces
+from support.checkpoints import GGUF_LAYER_NAMES, GGUF_MODEL_NAMES, LLAMA2C_MAGIC, CheckpointError
+from support.hf_checkpoint import hf_config, hf_state_dict, write_folder_atomically
+from support.hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, sentencepiece_pieces
 from utils import atomic_path, require_file
 
 FORMATS = ("llama2c", "gguf", "hf")
@@ -219,7 +219,7 @@ def gguf_pre_tokenizer(content: dict) -> str:
 def write_hf(folder: Path, config: LlamaConfig, state_dict: dict[str, torch.Tensor], tokenizer) -> None:
     from safetensors.torch import save_file
 
-    from hf_tokenizer import write_tokenizer_files
+    from support.hf_tokenizer import write_tokenizer_files
 
     write_tokenizer_files(tokenizer, folder, config.max_seq_len)
     special_ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,

@@ -14,8 +14,9 @@ reference files under the same upstream names with different contents: the solut
 under an explicit name, a skeleton ships its own under the upstream name.
 
 A new classification method is one entry in a course's `methods` (or, for a method no course
-teaches, in SOLUTION_ONLY_METHODS): its `--option`, the word in its output names, the module
-that holds it (shipped only to the courses that have the method) and its reference accuracies.
+teaches, in SOLUTION_ONLY_METHODS): its `--option`, the word in its output names, the student file
+that holds it and its reference accuracies. OPTION_FAMILIES, the option table, says which module
+owns each option's flags and runs it: what a skeleton ships is computed from it (instructor/shipping.py).
 """
 
 from dataclasses import dataclass
@@ -121,12 +122,69 @@ COURSES = {
 DEFAULT_COURSE = "layernorm"  # what a tool assumes in the solution, where no course is set
 # Methods of the solution that no course teaches (e.g. a future IA3): their modules never ship.
 SOLUTION_ONLY_METHODS: tuple[Method, ...] = ()
-# The reference answers to the courses' A+ menu (parameter-efficient methods, prompting, WiSE-FT,
-# Mixout, decoding, continued pre-training) and the fast decoding path (it writes out a whole
-# decoding step, Llama.generate's answer): solution-side modules that no skeleton ships, so the
-# students who attempt an A+ item (or Llama.generate) do not find it done.
-SOLUTION_ONLY_MODULES = ("ia3.py", "prompt_tuning.py", "prompting.py", "mixout.py", "wise_ft.py", "decoding.py",
-                         "pretraining.py", "instruct_tuning.py", "architectures.py", "fast_decode.py")
+
+
+@dataclass(frozen=True)
+class OptionFamily:
+    """One row of the command line: the `--option` values it serves and the module that owns its
+    flags, `add_flags(parser)` and `check(args)`, and runs them, `run(args, device, dist, out_dir)`.
+
+    run_llama.py imports a family's module only through this table, so the code an option needs is
+    reached only through its row. A course's skeleton ships the families its courses teach whose
+    options are all the course's (instructor/shipping.py ships their import closure, nothing else);
+    the A+ families exist only in the solution. Where several families here serve one option, the
+    last one runs it: the A+ family of an option extends the course's own (its flags come on top)."""
+    name: str
+    options: tuple[str, ...]
+    module: str
+    taught: bool  # a course family (in the skeletons) or an A+ one (the solution only)
+
+
+OPTION_FAMILIES = (
+    OptionFamily("generate", ("generate",), "minllama.cli.generate", taught=True),
+    OptionFamily("classify", ("prompt", "finetune"), "minllama.cli.classify", taught=True),
+    OptionFamily("lora", ("lora",), "minllama.cli.lora", taught=True),
+    OptionFamily("inference", ("generate", "prompt", "chat"), "minllama.cli.inference", taught=False),
+    OptionFamily("methods", ("prompt", "finetune", "lora", "ia3", "prompt_tuning", "prompt_finetune"),
+                 "minllama.cli.methods", taught=False),
+    OptionFamily("pretrain", ("pretrain",), "minllama.cli.pretrain", taught=False),
+    OptionFamily("instruct", ("instruct_tune",), "minllama.cli.instruct", taught=False),
+)
+# Every `--option` value, in the order `run_llama.py -h` lists them, with what it does.
+OPTION_HELP = {
+    "generate": "continue a prompt",
+    "prompt": "zero-shot classification (frozen model)",
+    "finetune": "train the whole model",
+    "lora": "train LoRA adapters and the head",
+    "pretrain": "train a language model on --corpus (or the sentences of --train)",
+    "chat": "talk to an instruct model through its chat template",
+    "instruct_tune": "instruction tuning through the chat template, loss on the answers",
+    "ia3": "train IA3 vectors and the head",
+    "prompt_tuning": "train a soft prompt and the head",
+    "prompt_finetune": "train the zero-shot classifier itself",
+}
+
+
+def course_families(course: "Course") -> tuple[OptionFamily, ...]:
+    """The families a course's skeleton ships: taught, with every option of theirs in the course."""
+    return tuple(family for family in OPTION_FAMILIES
+                 if family.taught and set(family.options) <= set(course.options))
+
+
+def families_here() -> tuple[OptionFamily, ...]:
+    """The families this copy of the code has: all of them in the solution, a course's own in a skeleton."""
+    return OPTION_FAMILIES if THIS_COURSE is None else course_families(COURSES[THIS_COURSE])
+
+
+def options_here() -> tuple[str, ...]:
+    """The `--option` values this copy offers, in OPTION_HELP's order."""
+    served = {option for family in families_here() for option in family.options}
+    return tuple(option for option in OPTION_HELP if option in served)
+
+
+def family_running(option: str) -> OptionFamily:
+    """The family that runs `option` here: the last of those serving it."""
+    return [family for family in families_here() if option in family.options][-1]
 
 
 def here() -> list[Course]:
@@ -139,14 +197,6 @@ def default() -> Course:
     return COURSES[THIS_COURSE or DEFAULT_COURSE]
 
 
-def shipped_options(options) -> tuple[str, ...]:
-    """The `--option` values, out of the solution's `options` (in their order), that this copy
-    offers: all of them in the solution, the course's own in a skeleton."""
-    if THIS_COURSE is None:
-        return tuple(options)
-    return tuple(option for option in options if option in COURSES[THIS_COURSE].options)
-
-
 def output_name(option: str) -> str:
     """The word an option's prediction files carry, <dataset>-<split>-WORD-output.txt: the course
     methods' own (prompt -> prompting, finetune -> finetuning), else the option's name."""
@@ -156,9 +206,3 @@ def output_name(option: str) -> str:
 
 def all_methods() -> list[Method]:
     return [method for c in COURSES.values() for method in c.methods] + list(SOLUTION_ONLY_METHODS)
-
-
-def method_modules() -> frozenset[str]:
-    """Every file that belongs to one method (lora.py) or to the A+ work: a skeleton ships only
-    its course's own methods' files."""
-    return frozenset(method.module for method in all_methods() if method.module) | set(SOLUTION_ONLY_MODULES)

@@ -8,8 +8,8 @@ Persian, Hindi or Chinese, down to one token per byte (a Devanagari letter is 3 
 and a model's context, speed and price are counted in tokens (Petrov et al. 2023, "Language
 model tokenizers introduce unfairness between languages").
 
-    python tokenizer_compare.py                     # the sample texts in samples/
-    python tokenizer_compare.py --text FILE --tokenizer my_sp.model
+    python -m minllama.tools.tokenizer_compare                     # the sample texts in samples/
+    python -m minllama.tools.tokenizer_compare --text FILE --tokenizer my_sp.model
 
 For every tokenizer found (Llama 2's SentencePiece model, SmolLM2's byte-level BPE, every
 --tokenizer given, and a one-token-per-character baseline) it prints tokens per character

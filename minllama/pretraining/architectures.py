@@ -16,8 +16,9 @@ measures what that choice buys (README: TinyShakespeare validation loss by varia
   computes two softmax maps from two halves of its queries and keys and subtracts one, scaled
   by a learned lambda, from the other, cancelling the attention both give to irrelevant tokens.
 
-The default of each flag is Llama 2's; llama.make_attention and make_feed_forward build these
-classes only for a config that asks for them, so a plain Llama never imports this module.
+The default of each flag is Llama 2's. Importing this module hands its layers to llama.py
+(llama.ABLATED_LAYERS), whose make_attention and make_feed_forward build them only for a config
+that asks for them: the model never imports the package above it, and a plain Llama needs none of this.
 """
 
 import math
@@ -27,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import LlamaConfig
-from llama import Attention, KVCache, RMSNorm, causal_mask
+from llama import ABLATED_LAYERS, Attention, KVCache, RMSNorm, causal_mask
 from rope import apply_rotary_emb
 
 
@@ -157,3 +158,6 @@ class GeluFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.w2(F.gelu(self.w1(x))))
+
+
+ABLATED_LAYERS.update(attention=ablated_attention, ffn=GeluFeedForward)  # what llama.py builds from

@@ -17,10 +17,11 @@ could also read tokenizer.model itself, but only with the protobuf package insta
 import json
 from pathlib import Path
 
-from tokenizers import AddedToken, decoders, models, normalizers, processors
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as BPETokenizer
+from tokenizers import decoders, models, normalizers, processors
 
-from checkpoints import CheckpointError
+from support.errors import CheckpointError
 from utils import write_atomically
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -144,8 +145,7 @@ def write_tokenizer_files(tokenizer, folder: Path, max_seq_len: int | None = Non
     elif tokenizer.kind == "sentencepiece":
         bpe = sentencepiece_as_bpe(*sentencepiece_pieces(tokenizer.sp))
     else:
-        from tokenizer import CHAR_SPECIALS
-        bpe = char_as_bpe(CHAR_SPECIALS, tokenizer.chars)
+        bpe = char_as_bpe(tokenizer.char_specials, tokenizer.chars)
     bos, eos, pad = (bpe.id_to_token(i) for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id))
     if tokenizer.add_bos:  # transformers' tokenizer(text) adds what the post-processor says
         bpe.post_processor = processors.TemplateProcessing(

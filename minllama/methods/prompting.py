@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from classifier import continuation_ids, label_table, score_continuations, zero_shot_question
 from llama import KVCache
-from prompt_tuning import PrefixedLlama
+from minllama.methods.prompt_tuning import PrefixedLlama
 
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")  # Zhao et al. 2021, Sec. 4
 

@@ -28,8 +28,8 @@ The keys are scaled before RoPE (the output of compute_key), which is what makes
 import torch
 import torch.nn as nn
 
-from adapters import (ParameterCount, adapter_parameters, adapter_state_dict, count_parameters, freeze_all_but,
-                      layers_of_type, load_adapter_state_dict, wrap_children)
+from support.adapters import (ParameterCount, adapter_parameters, adapter_state_dict, count_parameters, freeze_all_but,
+                              layers_of_type, load_adapter_state_dict, wrap_children)
 
 # Which activation IA3 scales for each projection (Sec. 3.3): the output of the key and value
 # projections, the input of the feed-forward's down projection.

@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from chat import ChatTemplate, ChatTemplateError
+from minllama.inference.chat import ChatTemplate, ChatTemplateError
 
 ROLES = ("system", "user", "assistant")
 

@@ -1,7 +1,7 @@
-"""`--option prompt | finetune | lora | ia3 | prompt_tuning | prompt_finetune`: sentence
-classification with a pretrained Llama (what each option builds and trains: classification_methods.py).
+"""Sentence classification with a pretrained Llama, for every classification `--option` (what
+each builds and trains: builders.py for the course's options, method_builders.py for the A+ ones).
 
-Training runs on the one loop of training.py, an epoch being one pass over the training split;
+Training runs on the one loop of minllama/training/loop.py, an epoch being one pass over the training split;
 after every epoch (or every --eval_every steps) the dev split is scored and the best-dev model is
 kept at `{option}-{epochs}-{lr}.pt` (the upstream path). Predictions come from that checkpoint:
 `PRED ||| SENTENCE` lines in input order, with the original sentences.
@@ -12,16 +12,18 @@ import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from classification_methods import ADAPTER_PREFIXES, ClassifierChoice, build_classifier
-from data import (Example, InputError, collate, encode_examples, epoch_rows, has_placeholder_labels,
-                  length_sorted_batches, padding_fraction)
-from objectives import ClassificationLoss
-from training import Distributed, LoopSettings, RunHooks, TrainingDiverged, autocast, train
+from minllama.classify.builders import ClassifierChoice, Training, build_classifier
+from minllama.training.data import (Example, InputError, collate, encode_examples, epoch_rows, has_placeholder_labels,
+                                    length_sorted_batches, padding_fraction)
+from minllama.training.loop import Distributed, LoopSettings, RunHooks, TrainingDiverged, autocast, train
+from minllama.training.objectives import ClassificationLoss
+from support.adapters import count_parameters as count_adapter_parameters
 from utils import atomic_path, write_atomically
 
 
@@ -126,14 +128,10 @@ def load_checkpoint(path, model) -> dict:
     return checkpoint
 
 
-def save_merged(model, tokenizer, path: Path) -> None:
-    """The LoRA or IA3 model as one plain checkpoint (course format, plus the head and the tokenizer
-    record): adapters merged into the weights (merge_lora_weights, merge_ia3_weights), readable by
-    load_pretrained."""
-    if any("lora_" in name for name, _ in model.llama.named_parameters()):
-        from lora import merge_lora_weights as merge
-    else:
-        from ia3 import merge_ia3_weights as merge
+def save_merged(model, merge, tokenizer, path: Path) -> None:
+    """The adapted model as one plain checkpoint (course format, plus the head and the tokenizer
+    record): its adapters folded into the weights by `merge` (lora.merge_lora_weights, ...),
+    readable by load_pretrained."""
     merge(model.llama)
     state = {name: t.detach().cpu() for name, t in model.llama.state_dict().items()}
     with atomic_path(path) as temporary:
@@ -257,26 +255,26 @@ class ClassificationRun:
     checkpoint_in: Path | None
     save_merged: bool
     record: dict  # the command line, stored in the checkpoint
+    training: Training | None = None  # what trains (None: prompt, which does not)
+    build: Callable = build_classifier  # (choice, training, tokenizer, label_names) -> (model, Encoding)
     early_stop_on: str = "accuracy"  # the dev metric that picks the best checkpoint (and stops early)
-    wise_ft: tuple[float, ...] = ()  # WiSE-FT coefficients to sweep on dev after training
+    after_training: object = None  # e.g. the WiSE-FT sweep: .before(model), then .after(model, run, ...)
 
 
 def run_classification(run: ClassificationRun, tokenizer, device, dist: Distributed) -> dict:
     """(Train,) predict dev and test, report; returns the run's summary."""
-    model, encoding = build_classifier(run.choice, tokenizer, run.label_names)
+    model, encoding = run.build(run.choice, run.training, tokenizer, run.label_names)
     model.to(device)
     trainable, total = count_parameters(model)
     training = "train" in run.splits
     summary = {"option": run.choice.option, "checkpoint": run.choice.checkpoint, "device": str(device),
                "trainable_parameters": trainable, "total_parameters": total, "trainable_fraction": trainable / total}
-    method = run.choice.adapter_method
-    if method is not None:
-        from adapters import count_parameters as count_adapter_parameters
-
-        counted = count_adapter_parameters(model, ADAPTER_PREFIXES[method])
+    prefix = run.training.adapter_prefix if run.training else None
+    if prefix is not None:
+        counted = count_adapter_parameters(model, prefix)
         summary["adapter_parameters"] = counted.adapter
     if training and dist.is_main:
-        print(counted if method is not None else
+        print(counted if prefix is not None else
               f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     encoded = {name: encode_examples(split.examples, tokenizer, encoding.max_len, encoding.suffix_ids,
                                      run.max_sentence_len, name, bos=encoding.bos)
@@ -286,17 +284,18 @@ def run_classification(run: ClassificationRun, tokenizer, device, dist: Distribu
         print(f"loaded {run.checkpoint_in} (epoch {loaded.get('epoch')})")
         summary["checkpoint_in"] = run.checkpoint_in
     if training:
-        zero_shot = trained_state(model) if run.wise_ft else None
+        if run.after_training is not None:
+            run.after_training.before(model)
         info = {"option": run.choice.option, "args": run.record, "label_names": run.label_names,
                 "lora": {"rank": run.choice.lora_rank, "alpha": run.choice.lora_alpha}
-                if method == "lora" else None}
+                if prefix == "lora_" else None}
         summary.update(fit(model, run.splits["train"], encoded["train"], run.splits["dev"], encoded["dev"],
                            run.epochs, run.batch_size, tokenizer.pad_id, run.settings, run.seed, run.checkpoint_out,
                            info, device, dist, run.early_stop_on))
         summary["checkpoint_out"] = run.checkpoint_out
-        if run.wise_ft:
-            summary["wise_ft"] = wise_ft(model, zero_shot, run, encoded["dev"], tokenizer.pad_id, device,
-                                         {**info, "epoch": summary["best_epoch"]}, dist)
+        if run.after_training is not None:
+            summary.update(run.after_training.after(model, run, encoded["dev"], tokenizer.pad_id, device,
+                                                    {**info, "epoch": summary["best_epoch"]}, dist))
     if not dist.is_main:
         return summary
     for name, split in run.splits.items():
@@ -309,32 +308,6 @@ def run_classification(run: ClassificationRun, tokenizer, device, dist: Distribu
                          **report_split(split, log_probs, run.choice.num_labels)}
     if run.save_merged:
         merged = run.checkpoint_out.with_suffix(".merged.pt")
-        save_merged(model, tokenizer, merged)
+        save_merged(model, run.training.merge, tokenizer, merged)
         summary["merged_checkpoint"] = merged
     return summary
-
-
-def wise_ft(model, zero_shot: dict, run: ClassificationRun, dev_encoded, pad_id: int, device, info: dict,
-            dist: Distributed) -> dict:
-    """WiSE-FT (wise_ft.py): score theta(a) = (1 - a) theta_0 + a theta_1 on dev for every a of
-    --wise_ft, keep the best in the model and in the checkpoint. theta_0 is the trained tensors as
-    they were before training (for LoRA: with the trained lora_A and zero lora_B, so that the line
-    is the weights' line)."""
-    from wise_ft import lora_zero_shot_state, wise_ft_sweep
-
-    trained = trained_state(model)
-    start = {**lora_zero_shot_state(trained), **{k: v for k, v in zero_shot.items() if "lora_" not in k}}
-    dev = run.splits["dev"]
-
-    def dev_accuracy(candidate) -> float:
-        log_probs = predict(candidate, dev_encoded, run.batch_size, pad_id, device, "dev")
-        return score(dev.examples, log_probs, run.choice.num_labels)["accuracy"]
-
-    best, accuracies = wise_ft_sweep(model, start, trained, list(run.wise_ft), dev_accuracy)
-    if dist.is_main:
-        for alpha, accuracy in accuracies.items():
-            print(f"wise-ft alpha {alpha:g}: dev acc :: {accuracy:.3f}")
-        print(f"wise-ft: kept alpha {best:g}")
-        save_checkpoint(run.checkpoint_out, model, model.llama.config,
-                        {**info, "wise_ft_alpha": best, "dev_acc": accuracies[best]})
-    return {"best_alpha": best, "dev_accuracy": {str(a): acc for a, acc in accuracies.items()}}

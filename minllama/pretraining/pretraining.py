@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from config import LlamaConfig
-from data import (InputError, check_long_enough, corpus_documents, encode_documents, fixed_windows, split_train_val,
-                  tokenizer_fingerprint, windows_at)
 from llama import Llama, load_pretrained
-from objectives import LanguageModelLoss
-from run_log import MetricsLog, plot_losses, write_summary
+from minllama.pretraining import architectures  # noqa: F401  (hands the ablated layers to llama.py)
+from minllama.training.data import (InputError, check_long_enough, corpus_documents, encode_documents, fixed_windows,
+                                    split_train_val, tokenizer_fingerprint, windows_at)
+from minllama.training.loop import Distributed, LoopSettings, LoopState, RunHooks, autocast, train
+from minllama.training.objectives import LanguageModelLoss
+from minllama.training.run_log import MetricsLog, plot_losses, write_summary
 from tokenizer import Tokenizer, tokenizer_for_checkpoint, train_sentencepiece
-from training import Distributed, LoopSettings, LoopState, RunHooks, autocast, train
 from utils import atomic_path
 
 SAMPLE_TOKENS = 64

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama import KVCache, Llama, RMSNorm, sample_next_token
-from quantize import Int8Linear, concat_int8
+from minllama.inference.quantize import Int8Linear, concat_int8
 from rope import precompute_freqs_cos_sin
 
 

@@ -7,7 +7,7 @@ habits heads learn: looking at the previous token, at the first token (an "atten
 that soaks up probability a head does not need; Xiao et al. 2024), or at earlier copies of the
 current word (induction heads; Olsson et al. 2022).
 
-    python attention_map.py --sentence "The cat sat on the mat." --out attention.png
+    python -m minllama.tools.attention_map --sentence "The cat sat on the mat." --out attention.png
 
 The maps come from the explicit attention path, Attention.compute_query_key_value_scores:
 while recording, every layer's call to it is wrapped, its query and key (after RoPE and the

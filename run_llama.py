@@ -29,7 +29,9 @@ from support.errors import CheckpointError
 from utils import MissingAssetError, write_atomically
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def build_parser() -> tuple[argparse.ArgumentParser, list]:
+    """The parser of every flag this copy has: the shared ones, then each option family's; and
+    the families' modules (the option table's rows this copy ships)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", default=None, help="default: <dataset>-train.txt beside --dev")
     parser.add_argument("--dev", default=None, help="default: data/cfimdb-dev.txt in the repository")
@@ -76,6 +78,11 @@ def get_args(argv=None) -> argparse.Namespace:
     families = [importlib.import_module(family.module) for family in families_here()]
     for family in families:
         family.add_flags(parser)
+    return parser, families
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser, families = build_parser()
     args = parser.parse_args(argv)
     try:
         check(args)

@@ -22,7 +22,7 @@ TODO = ("# todo", "raise NotImplementedError")
 
 def skeleton_course(skeleton: Path) -> str:
     """The course a skeleton was made for: the THIS_COURSE its course.py sets."""
-    path = skeleton / "support/course.py"
+    path = skeleton / ms.shipped_path("support/course.py")
     if not path.is_file():
         raise ms.SkeletonError(f"{skeleton} has no course.py: not a skeleton made by make_skeleton.py")
     for node in ast.parse(path.read_text(), filename=str(path)).body:

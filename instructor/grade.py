@@ -46,14 +46,26 @@ from unpack import ArchiveLimits, Rejected, code_root, safe_copy_folder, safe_ex
 INSTRUCTOR_DIR = Path(__file__).resolve().parent
 REPO_ROOT = INSTRUCTOR_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
+from make_skeleton import STUDENT_TESTS, source_files  # noqa: E402
+from shipping import closure, follow_the_move, shipped_path  # noqa: E402
 from support.course import COURSES, OPTIMIZER_REFERENCE, ROPE_REFERENCE, SANITY_REFERENCE  # noqa: E402
+
+COURSE_TABLE = "support/course.py"  # the instructor's copy, whatever a submission brings
 
 # The instructor's copies of the checks, run against the submission's modules.
 HARNESS_FILES = [REPO_ROOT / "rope_test.py", REPO_ROOT / "optimizer_test.py", REPO_ROOT / "sanity_check.py",
-                 REPO_ROOT / "support" / "course.py",  # the checks read the course table
                  INSTRUCTOR_DIR / "grader_probe.py", INSTRUCTOR_DIR / "drawn_inputs.py"]
-# Modules students do not write: taken from the solution when a submission lacks them.
-SUPPORT_MODULES = ["config.py", "base_llama.py", "utils.py", "checkpoints.py", "tokenizer.py"]
+
+
+def support_modules(variant: str) -> list[str]:
+    """The modules students do not write, as the course's skeleton has them (shipping.py: the
+    closure of its entry points, less the student code): taken from the solution when a submission
+    lacks them, and the course table always (the checks read it)."""
+    course = COURSES[variant]
+    files = set(source_files(REPO_ROOT))
+    shipped = closure(course, lambda path: (REPO_ROOT / path).read_text(), files)
+    return [path for path in shipped if path.endswith(".py") and path not in course.student_code
+            and not path.startswith(STUDENT_TESTS) and REPO_ROOT / path not in HARNESS_FILES]
 
 # The course variants (course.py): upstream reference accuracies (DESIGN.md, mean of 10 seeds), the
 # norm of the sanity reference and the max_grad_norm of the optimizer reference; and the rubric's tolerances.
@@ -182,7 +194,7 @@ def _unique_name(submission: Path, taken: set[str]) -> str:
     return name
 
 
-def prepare_run_folder(code: Path, run_dir: Path) -> list[str]:
+def prepare_run_folder(code: Path, run_dir: Path, variant: str) -> list[str]:
     """The copy a check runs on: the submission without reference files or its own copies of the
     checks, plus the instructor's harness; returns the support modules taken from the solution."""
     for folder in ("harness", "tmp", "out"):
@@ -191,13 +203,17 @@ def prepare_run_folder(code: Path, run_dir: Path) -> list[str]:
     for name in SHIPPED_REFERENCES:
         remove(run_dir / "code" / name)
     for path in HARNESS_FILES:
-        shutil.copy2(path, run_dir / "harness" / path.name)
+        (run_dir / "harness" / path.name).write_text(follow_the_move(path.read_text()))
         remove(run_dir / "code" / path.name)  # the instructor's checks, not the submission's
+    for path in (run_dir / "code").rglob("*.py"):  # a file in the solution's layout imports support.X
+        path.write_text(follow_the_move(path.read_text()))
     taken = []
-    for module in SUPPORT_MODULES:
-        if not (run_dir / "code" / module).is_file():
-            shutil.copy2(REPO_ROOT / module, run_dir / "code" / module)
-            taken.append(module)
+    for module in support_modules(variant):
+        target = run_dir / "code" / shipped_path(module)
+        if not target.is_file() or module == COURSE_TABLE:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(follow_the_move((REPO_ROOT / module).read_text()))
+            taken.append(shipped_path(module))
     return taken
 
 
@@ -220,7 +236,7 @@ def grade_submission(submission: Path, name: str, args, expected: dict[str, Expe
         return report
     code = code_root(extracted)
     report["andrew_id"] = code.name if code != extracted else None
-    report["support_modules_from_solution"] = prepare_run_folder(code, work / "run")
+    report["support_modules_from_solution"] = prepare_run_folder(code, work / "run", args.variant)
 
     report["checks"] = {}
     for check in CHECKS:

@@ -33,9 +33,11 @@ The fenced lines are kept in the named variant(s) (comma-separated) and dropped 
 the two marker lines are always dropped. On `main` they are plain comments.
 
 Only files git tracks ship (so make the skeleton from a git checkout): never untracked files of
-the instructor's checkout. Left out: the instructor tools, the benchmarks, and the pytest suite
-(it tests internals against the solution), except `tests/student/`, the checks students run
-themselves. structure.md is the solution's, without what the course does not ship
+the instructor's checkout. The Python files that ship are the import closure of the course's entry
+points (shipping.py): what the course's commands and checks reach, and nothing else; support/ moves
+to minllama/support/ on the way. Beside them: the root's documents and set-up files and
+`tests/student/`, the checks students run themselves (never the instructor tools, the benchmarks or
+the pytest suite, which tests internals against the solution). structure.md is the solution's, without what the course does not ship
 (skeleton_docs.py); the README is written for the course. Every Python file written is parsed and
 compiled before the tool reports success. instructor/fill_skeleton.py puts the solution back into
 a skeleton's todos, to check the skeleton.
@@ -57,13 +59,12 @@ from typing import Callable
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # course.py, the table of the course variants
 from skeleton_docs import skeleton_structure, student_readme  # noqa: E402
-from support.course import COURSES, Course, method_modules  # noqa: E402
+from shipping import ShippingError, closure, follow_the_move, shipped_path  # noqa: E402
+from support.course import COURSES, Course  # noqa: E402
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 VARIANT_BEGIN, VARIANT_END = "# BEGIN VARIANT", "# END VARIANT"
 
-# Paths (relative, POSIX) that never reach students; a folder excludes everything under it.
-INSTRUCTOR_ONLY = ("instructor/", "bench/", ".ci/", "tests/")
 STUDENT_TESTS = "tests/student/"  # the one part of tests/ that ships
 STRUCTURE = "structure.md"  # the students' guide to the files: only what their course ships
 
@@ -296,7 +297,7 @@ def _keyword(call: ast.Call, name: str, flag: str) -> ast.keyword:
 
 def keep_cli_choices(flag: str, kept: tuple[str, ...]) -> Callable[[str], str]:
     """Keep only the values `kept` in the literal `choices=[...]` of an argparse option. Choices
-    computed from course.py (course.shipped_options) are already the course's: left as they are."""
+    computed from course.py (course.options_here()) are already the course's: left as they are."""
     def rewrite(source: str) -> str:
         choices = _keyword(_add_argument_call(ast.parse(source), flag), "choices", flag).value
         try:
@@ -491,10 +492,6 @@ class Variant:
         return self.course.solved
 
     @property
-    def dropped(self) -> frozenset:  # files this course does not have: other courses' methods
-        return method_modules() - set(self.course.modules)
-
-    @property
     def references(self) -> dict:  # shipped (upstream) name -> explicit name in assets/reference
         return dict(self.course.references)
 
@@ -572,28 +569,20 @@ def source_files(root: Path = REPO_ROOT) -> list[str]:
     return sorted(path for path in set(listed.split("\0")) if path and (root / path).is_file())
 
 
-def ships(path: str, variant: Variant) -> bool:
-    if path in variant.dropped or path == "README.md":  # the students get their own README
-        return False
-    if path.startswith(STUDENT_TESTS):
-        return True
-    return not path.startswith(INSTRUCTOR_ONLY)
+def shipped_files(tracked: list[str], variant: Variant, root: Path = REPO_ROOT) -> list[str]:
+    """The solution files the variant's skeleton ships (as the solution names them): the import
+    closure of the course's entry points (shipping.py), and the documents and set-up files at the
+    root and in tests/student/. The students get their own README."""
+    python = closure(variant.course, lambda path: (root / path).read_text(), set(tracked))
+    documents = [path for path in tracked if not path.endswith(".py") and path not in ("README.md", ".importlinter")
+                 and (path.startswith(STUDENT_TESTS) or "/" not in path)]
+    return sorted({*python, *documents})
 
 
 def all_regions(root: Path = REPO_ROOT) -> list[Region]:
     """Every solution region of the repository, whatever the variant."""
     return [region for path in source_files(root) if path.endswith(".py")
             for region in find_regions((root / path).read_text(), path)]
-
-
-def _top_level_imports(tree: ast.Module) -> set[str]:
-    names = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
-    return names
 
 
 def variant_source(source: str, path: str, variant: Variant) -> str:
@@ -634,7 +623,10 @@ def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None
                             "or pass --assets DIR")
 
     tracked = source_files(root)
-    files = [path for path in tracked if ships(path, variant)]
+    try:
+        files = shipped_files(tracked, variant, root)
+    except ShippingError as error:
+        raise SkeletonError(str(error)) from None
     missing_targets = set(variant.rewrites) - set(files)
     if missing_targets:
         raise SkeletonError(f"the {variant.name} rewrites need files that are not there: {sorted(missing_targets)}")
@@ -646,15 +638,15 @@ def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None
         raise SkeletonError(f"no such region(s) in the {variant.name} skeleton: {sorted(unknown)}")
 
     blanked = [r for r in regions if r.id in blank]
-    dropped_modules = {Path(path).stem for path in variant.dropped if path.endswith(".py")}
+    not_shipped = sorted(set(tracked) - set(files))
     for path in files:
-        target = out_dir / path
+        target = out_dir / shipped_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         if path == STRUCTURE:
-            absent = [region for dropped in sorted(variant.dropped & set(tracked))
+            absent = [region for dropped in not_shipped if dropped.endswith(".py")
                       for region in find_regions((root / dropped).read_text(), dropped)]
-            target.write_text(skeleton_structure((root / path).read_text(), variant.course, files,
-                                                 sorted(set(tracked) - set(files)), blanked, absent))
+            target.write_text(follow_the_move(skeleton_structure((root / path).read_text(), variant.course, files,
+                                                                 not_shipped, blanked, absent)))
             continue
         if not path.endswith(".py"):
             if path in variant.rewrites:
@@ -668,11 +660,7 @@ def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None
         compile(tree, path, "exec")  # ...that compiles
         if any(marker in (BEGIN, END) for _, marker, _ in _marker_lines(text, path)):
             raise SkeletonError(f"{path}: solution markers left in the skeleton")
-        needed = _top_level_imports(tree) & dropped_modules
-        if needed:
-            raise SkeletonError(f"{path} imports {sorted(needed)} at module level, which the {variant.name} "
-                                "skeleton does not ship: import it where it is used")
-        target.write_text(text)
+        target.write_text(follow_the_move(text))
         shutil.copymode(root / path, target)
 
     for shipped, original in variant.references.items():

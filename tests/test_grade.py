@@ -457,7 +457,7 @@ def test_a_checkpoint_too_small_for_the_upstream_batch_is_checked_on_drawn_token
     code.mkdir()
     for name, text in solution_code().items():
         (code / name).write_text(text)
-    grade.prepare_run_folder(code, tmp_path / "run")
+    grade.prepare_run_folder(code, tmp_path / "run", "layernorm")
     result = checks.run_check("sanity", sanity, tmp_path / "run", working_bubblewrap() or sandbox.Unsandboxed(),
                               timeout_s=120, memory_mb=2000)
     assert result.status == "passed", result

@@ -28,9 +28,10 @@ def reference(asset):
 
 @pytest.fixture
 def checkout(tmp_path) -> Path:
-    """The repository's top-level Python files, without any asset: a fresh clone."""
+    """The repository's top-level Python files and the support package, without any asset: a fresh clone."""
     for source in REPO_ROOT.glob("*.py"):
         shutil.copy(source, tmp_path)
+    shutil.copytree(REPO_ROOT / "support", tmp_path / "support", ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
 
 

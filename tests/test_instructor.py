@@ -149,7 +149,7 @@ def test_syntax_tree_rewrites():
         ms.set_assignment("Y", 1)(source)
     with pytest.raises(LookupError, match="no choice"):
         ms.keep_cli_choices("--o", ("p", "ia3"))(source)
-    computed = 'p.add_argument("--o", choices=course.shipped_options(OPTIONS))\n'  # already the course's
+    computed = 'p.add_argument("--o", choices=course.options_here())\n'  # already the course's
     assert ms.keep_cli_choices("--o", ("p",))(computed) == computed
 
 
@@ -327,10 +327,11 @@ def mutate(tree: Path, mutation) -> None:
 
 def test_skeleton_builds_imports_and_fails_exactly_at_the_todos(course):
     spec, tree = course.spec, course.skeleton
-    assert {r.id for r in course.blanked} == {r.id for r in ms.all_regions() if r.path not in spec.dropped} - spec.solved
+    assert {r.id for r in course.blanked} == {r.id for r in ms.all_regions() if (tree / r.path).exists()} - spec.solved
     assert not (tree / "instructor").exists() and not (tree / "bench").exists()
     assert sorted(p.name for p in (tree / "tests").iterdir()) == ["student"]
-    assert (tree / "lora.py").exists() == ("lora.py" not in spec.dropped)
+    assert (tree / "lora.py").exists() == ("lora" in spec.course.options)
+    assert sorted(p.name for p in tree.iterdir() if p.is_dir()) == ["data", "minllama", "tests"]
     for shipped in spec.references:
         assert (tree / shipped).is_file()
     for path in tree.rglob("*.py"):
@@ -411,7 +412,8 @@ def test_fill_skeleton_puts_back_exactly_the_solution(course, tmp_path):
 
 
 def test_fill_skeleton_names_a_todo_without_a_solution(tmp_path):
-    (tmp_path / "course.py").write_text('THIS_COURSE = "rmsnorm"\n')
+    (tmp_path / "minllama" / "support").mkdir(parents=True)
+    (tmp_path / "minllama" / "support" / "course.py").write_text('THIS_COURSE = "rmsnorm"\n')
     (tmp_path / "llama.py").write_text("def invented():\n    # todo\n    raise NotImplementedError\n")
     with pytest.raises(ms.SkeletonError, match="llama.py:invented"):
         fill_skeleton.fill(tmp_path)
@@ -467,7 +469,9 @@ def test_skeleton_ships_only_tracked_files(tmp_path):
 def test_make_skeleton_outside_a_git_checkout_says_so(tmp_path):
     copy = tmp_path / "copy"
     (copy / "instructor").mkdir(parents=True)
-    for name in ("instructor/make_skeleton.py", "instructor/skeleton_docs.py", "course.py"):
+    (copy / "support").mkdir()
+    for name in ("instructor/make_skeleton.py", "instructor/skeleton_docs.py", "instructor/shipping.py",
+                 "support/__init__.py", "support/course.py"):
         shutil.copy(REPO_ROOT / name, copy / name)
     result = subprocess.run([sys.executable, str(copy / "instructor" / "make_skeleton.py"), str(tmp_path / "out"),
                              "--assets", str(assets())], capture_output=True, text=True, cwd=tmp_path,
@@ -558,29 +562,3 @@ def test_prepare_submit_skips_temporary_files_and_leaves_no_zip_behind(tmp_path)
     result = _prepare(folder, "abc1", "--variant", "rmsnorm", cwd=tmp_path)
     assert result.returncode == 1 and "abc1/scores.npy (11.0 MB)" in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no zip, no temporary file
-
-
-def test_an_instructor_can_opt_a_course_into_ia3_and_prompt_tuning(tmp_path, monkeypatch):
-    """The A+ methods ship in no course; one entry each in a course's methods makes them exercises:
-    their modules ship with todos, caught by tests/student/test_your_methods.py, and pass when solved."""
-    import dataclasses
-
-    from support.course import Method
-
-    base = ms.VARIANTS[MUTATED_COURSE].course
-    opted = dataclasses.replace(base, methods=(*base.methods, Method("ia3", "ia3", module="ia3.py"),
-                                               Method("prompt_tuning", "prompt_tuning", module="prompt_tuning.py")))
-    monkeypatch.setitem(ms.VARIANTS, opted.name, ms.Variant(opted, ms.course_rewrites(opted)))
-    regions = {r.id for r in ms.all_regions() if r.path in ("ia3.py", "prompt_tuning.py")}
-    assert regions == {"ia3.py:IA3Layer.forward", "ia3.py:merge_ia3_weights",
-                       "prompt_tuning.py:PromptTunedLlama._insert_prompt"}
-    todo, solved = tmp_path / "todo", tmp_path / "solved"
-    ms.build(todo, opted.name, blank=regions, assets=assets())
-    ms.build(solved, opted.name, blank=set(), assets=assets())
-    assert "raise NotImplementedError" in (todo / "ia3.py").read_text()
-    checks = ["-q", "-p", "no:cacheprovider", "tests/student/test_your_methods.py"]
-    with_todos, without = check_trees([{"tree": str(todo), "pytest": checks}, {"tree": str(solved), "pytest": checks}],
-                                      tmp_path)
-    failed = {f["test"].split("::")[-1] for f in with_todos["pytest"]["failures"]}
-    assert len(failed) == 4 and all("NotImplementedError" in f["text"] for f in with_todos["pytest"]["failures"])
-    assert without["pytest"]["exit"] == 0, without["pytest"]["output"]

@@ -76,6 +76,7 @@ def test_an_attention_without_the_scale_is_refused(tiny, monkeypatch):
         tiny(torch.randint(0, 50, (1, 6)))
 
 
+@pytest.mark.slow
 def test_smollm2_sentence_maps(smollm2, smollm2_tokenizer):
     labels, maps = attention_maps(smollm2, smollm2_tokenizer, "The cat sat on the mat.")
     assert labels == ["The", " cat", " sat", " on", " the", " mat", "."]  # no BOS: SmolLM2 texts start without

@@ -164,6 +164,7 @@ def test_stream_holds_back_a_text_stop(smollm2_tokenizer):
     assert "".join(pieces) == "one line" and not any("\n" in piece for piece in pieces)
 
 
+@pytest.mark.slow
 def test_stream_matches_greedy_generate(smollm2, smollm2_tokenizer, smollm2_template):
     prompt = smollm2_template.render([{"role": "user", "content": "Name a colour."}], add_generation_prompt=True)
     prompt_ids = smollm2_tokenizer.encode(prompt, bos=False, eos=False)

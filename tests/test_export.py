@@ -121,6 +121,7 @@ def check_gguf_against_transformers(model, path, tokenizer, texts):
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gguf_export_with_sentencepiece_matches_transformers(tmp_path, sentencepiece):
     # (Not a text that starts with a space: transformers rebuilds a GGUF SentencePiece vocabulary
     # with pre_tokenizers.Metaspace, which puts no "▁" before one, where SentencePiece does.)
@@ -138,11 +139,13 @@ def bpe_gguf(tmp_path_factory, smollm2_tokenizer):
     return exported_gguf(tmp_path_factory.mktemp("bpe"), smollm2_tokenizer)
 
 
+@pytest.mark.slow
 def test_gguf_export_with_byte_level_bpe_matches_transformers(bpe_gguf, smollm2_tokenizer):
     check_gguf_against_transformers(*bpe_gguf, smollm2_tokenizer,
                                     ["The movie was 1234 times better.", "naïve café, isn't it?"])
 
 
+@pytest.mark.slow
 def test_gguf_export_metadata_and_tensor_names_are_llama_cpps(bpe_gguf, smollm2_tokenizer):
     """Reference: llama.cpp's names (token_embd, blk.N.attn_q, ...) and key names (llama.*, tokenizer.ggml.*)."""
     gguf = require_module("gguf")

@@ -117,6 +117,7 @@ def test_what_the_fast_path_does_not_cover_goes_through_llama_generate(case, mon
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
+@pytest.mark.slow
 def test_compiled_step_gives_the_eager_tokens():
     """torch.compile of the step (`--compile`): one graph, the same greedy tokens. Skipped where
     inductor cannot build its C++ kernels (no compiler): compiling is never required."""
@@ -133,6 +134,7 @@ def test_compiled_step_gives_the_eager_tokens():
     assert torch.equal(got, want)
 
 
+@pytest.mark.slow
 def test_compile_flag_is_for_generate_and_a_missing_compiler_is_one_line(tmp_path):
     import subprocess
     import sys

@@ -140,6 +140,7 @@ def test_a_sentencepiece_model_exported_as_a_folder_tokenizes_alike_in_transform
         assert ours_again.encode(text, bos=True, eos=False) == expected, text
 
 
+@pytest.mark.slow
 def test_smollm2_as_a_folder_loads_in_transformers_with_our_logits(tmp_path, smollm2_path, smollm2, smollm2_tokenizer):
     export.export(smollm2_path, tmp_path / "smollm2", "hf")
     config = json.loads((tmp_path / "smollm2" / "config.json").read_text())

@@ -146,6 +146,7 @@ def test_peft_trains_only_the_adapters(smol_tiny, peft, prefix):
     assert changed == trainable
 
 
+@pytest.mark.slow
 def test_instruct_tune_end_to_end_with_a_chat_template(tmp_path, data, smol_tiny, smollm2_path):  # noqa: F811
     result = run_cli(["--option", "instruct_tune", "--peft", "lora", "--lora_rank", 2, "--lora_alpha", 2,
                       "--lr", "1e-3", "--epochs", 1, "--batch_size", 20, "--pretrained-model-path", smol_tiny,

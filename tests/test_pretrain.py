@@ -44,6 +44,7 @@ def losses(out_dir) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in records if "loss" in r]
 
 
+@pytest.mark.slow
 def test_pretrain_from_scratch_writes_everything_and_learns(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     assert pretrain(corpus, out, "--max_steps", 60, "--lr", 3e-3, "--warmup_steps", 5, "--eval_every", 30) == 0
@@ -100,6 +101,7 @@ def test_ctrl_c_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     assert losses(tmp_path / "cut") == losses(tmp_path / "whole")  # metrics.jsonl reads as one run
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_follow_the_loss_curve_of_one(tmp_path, corpus):
     """torchrun --nproc_per_node 2: --batch_size is the global batch, each rank a shard, DDP averages;
     with --grad_accum 2 the all-reduce is skipped on the first micro-step. Same losses as one process."""
@@ -120,6 +122,7 @@ def test_two_gloo_processes_follow_the_loss_curve_of_one(tmp_path, corpus):
     assert double.stdout.count("step 3: val loss") == 1  # only rank 0 prints
 
 
+@pytest.mark.slow
 def test_trained_tokenizer_and_continued_pretraining_on_training_sentences(tmp_path, corpus, asset):
     assert pretrain(corpus, tmp_path / "bpe", "--max_steps", 4, tokenizer=("--train_tokenizer", 320)) == 0
     trained = Tokenizer(tokenizer_model=tmp_path / "bpe" / "tokenizer.model")

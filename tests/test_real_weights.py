@@ -90,6 +90,7 @@ def test_stories260k_config(stories260k):
         (64, 5, 8, 4, 172, 512, 512)
 
 
+@pytest.mark.slow
 def test_stories260k_matches_transformers(stories260k):
     theirs = to_transformers(stories260k)
     # Text the model itself samples (it is in-distribution, unlike random ids, whose extreme
@@ -110,12 +111,14 @@ def smollm2_transformers(smollm2):
     return to_transformers(smollm2)
 
 
+@pytest.mark.slow
 def test_smollm2_config(smollm2):
     c = smollm2.config
     assert (c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_hidden_dim, c.vocab_size) == (576, 30, 9, 3, 1536, 49152)
     assert c.rope_theta == 100000.0 and c.tie_word_embeddings
 
 
+@pytest.mark.slow
 def test_smollm2_dequantisation_matches_transformers(smollm2_path, smollm2):
     """Our reader (gguf.quants, numpy) against transformers' own torch dequantiser, on the Q8_0
     embedding and a Q4_1 query projection: same values, same orientation."""
@@ -130,6 +133,7 @@ def test_smollm2_dequantisation_matches_transformers(smollm2_path, smollm2):
         assert torch.equal(theirs.reshape(ours.shape), ours.detach()), gguf_name
 
 
+@pytest.mark.slow
 def test_smollm2_matches_transformers(smollm2, smollm2_transformers, smollm2_tokenizer):
     prompt = torch.tensor([smollm2_tokenizer.encode(PROMPT, bos=False, eos=False)])
     torch.manual_seed(0)
@@ -137,6 +141,7 @@ def test_smollm2_matches_transformers(smollm2, smollm2_transformers, smollm2_tok
     compare_logits(smollm2, smollm2_transformers, torch.randint(0, 49152, (2, 16)))
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_continuation(smollm2, smollm2_transformers, smollm2_tokenizer):
     tokenizer = smollm2_tokenizer
     prompt = torch.tensor([tokenizer.encode(PROMPT, bos=False, eos=False)])

@@ -1,7 +1,7 @@
 """Tests for run_llama.py: every option end to end through the command line (a tiny random
 model and slices of the real data; SmolLM2 for zero-shot prompting), determinism, padding
-invariance, and every bad input with its message. The bad-input cases call main() in-process
-(same code path as the command line, without paying Python's start-up for each)."""
+invariance, and every bad input with its message. The bad-input cases and --option generate call
+main() in-process (same code path as the command line, without paying Python's start-up for each)."""
 
 import json
 import random
@@ -91,6 +91,7 @@ def check_predictions(path, data_path, num_labels):
 # End to end through the command line
 
 
+@pytest.mark.slow
 def test_prompt_end_to_end(tmp_path, data, tiny_model, tokenizer_model_path):
     result = run_cli(["--option", "prompt", *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -101,6 +102,7 @@ def test_prompt_end_to_end(tmp_path, data, tiny_model, tokenizer_model_path):
     assert summary["dev"]["examples"] == 12 and 0 <= summary["dev"]["accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_prompt_predictions_do_not_depend_on_batch_mates(tmp_path, data, tiny_model, tokenizer_model_path):
     outputs = []
     for batch_size in (1, 5):
@@ -112,6 +114,7 @@ def test_prompt_predictions_do_not_depend_on_batch_mates(tmp_path, data, tiny_mo
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.slow
 def test_prompt_with_smollm2(tmp_path, data, smollm2_path):
     """The real model brings its own tokenizer; the CFIMDB test labels are placeholders."""
     result = run_cli(["--option", "prompt", "--pretrained-model-path", smollm2_path,
@@ -126,6 +129,7 @@ def test_prompt_with_smollm2(tmp_path, data, smollm2_path):
     assert "test acc ::" not in result.stdout and "placeholders" in result.stdout
 
 
+@pytest.mark.slow
 def test_finetune_end_to_end_and_deterministic(tmp_path, data, tiny_model, tokenizer_model_path):
     runs = []
     for name in ("a", "b"):
@@ -147,6 +151,7 @@ def test_finetune_end_to_end_and_deterministic(tmp_path, data, tiny_model, token
     assert summary["dev"]["accuracy"] == summary["epochs"][summary["best_epoch"]]["dev_acc"]
 
 
+@pytest.mark.slow
 def test_lora_trains_and_saves_only_adapters_and_head(tmp_path, data, tiny_model, tokenizer_model_path):
     result = run_cli(["--option", "lora", "--epochs", 1, "--lr", 1e-3, "--lora_alpha", 4, "--save_merged",
                       *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
@@ -169,9 +174,9 @@ def test_lora_trains_and_saves_only_adapters_and_head(tmp_path, data, tiny_model
 
 
 def test_generate_writes_both_temperatures(tmp_path, tiny_model, tokenizer_model_path):
-    result = run_cli(["--option", "generate", "--pretrained-model-path", tiny_model,
-                      "--tokenizer", tokenizer_model_path], tmp_path)
-    assert result.returncode == 0, result.stderr
+    """In-process (the runs above start the script), so that the quick loop runs --option generate."""
+    assert run_llama.main(["--option", "generate", "--pretrained-model-path", str(tiny_model),
+                           "--tokenizer", str(tokenizer_model_path), "--out_dir", str(tmp_path)]) == 0
     for name in ("generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"):
         text = (tmp_path / name).read_text()
         assert text.startswith(commands.GENERATION_PROMPT) and len(text) > len(commands.GENERATION_PROMPT)
@@ -359,6 +364,7 @@ def test_bad_flags_are_rejected_before_loading_anything(capsys, flag, value, mes
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_dev_alone_takes_train_and_test_from_its_own_data_set(tmp_path, data, tiny_model, tokenizer_model_path):
     """--dev sst-dev.txt without --test: the test split is sst-test.txt beside it, never CFIMDB's."""
     result = run_cli(["--option", "prompt", "--dev", data / "sst-dev.txt", "--pretrained-model-path", tiny_model,
@@ -369,6 +375,7 @@ def test_dev_alone_takes_train_and_test_from_its_own_data_set(tmp_path, data, ti
     assert summary["test"]["data"] == str(data / "sst-test.txt") and "checkpoint_out" not in summary
 
 
+@pytest.mark.slow
 def test_default_inputs_are_found_from_another_folder(tmp_path, tiny_model, tokenizer_model_path, asset):
     asset("data/cfimdb-dev.txt")  # the repository's own data, laid out by setup.sh
     result = run_cli(["--option", "prompt", "--limit", 3, "--max_sentence_len", 16, "--pretrained-model-path",
@@ -378,6 +385,7 @@ def test_default_inputs_are_found_from_another_folder(tmp_path, tiny_model, toke
     assert "dev acc :: " in result.stdout  # 3 real labels of the whole file, not placeholders
 
 
+@pytest.mark.slow
 def test_checkpoint_in_predicts_again_without_training(tmp_path, data, tiny_model, tokenizer_model_path):
     first = run_cli(["--option", "finetune", "--epochs", 1, "--lr", 1e-3, "--skip_test", "--out_dir", "a",
                      *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)

@@ -150,6 +150,7 @@ def _save_stories42m_like(path: Path, dim: int) -> None:
     torch.save({"model_args": args, "model": state}, path)
 
 
+@pytest.mark.slow
 def test_stories42m_from_mirror_is_checked_by_loading(workdir):
     _save_stories42m_like(workdir / "mirror" / "models" / "stories42M.pt", dim=512)
     result = run_setup(workdir)
@@ -158,6 +159,7 @@ def test_stories42m_from_mirror_is_checked_by_loading(workdir):
     assert "stories42M.pt (optional)" not in result.stdout
 
 
+@pytest.mark.slow
 def test_wrong_stories42m_in_mirror_is_an_error(workdir):
     _save_stories42m_like(workdir / "mirror" / "models" / "stories42M.pt", dim=256)
     result = run_setup(workdir)

@@ -93,6 +93,7 @@ def transformers_smollm2_tokenizer(smollm2_path):
     return transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)
 
 
+@pytest.mark.slow
 def test_gguf_ids_match_transformers(smollm2_tokenizer, transformers_smollm2_tokenizer, sst_dev_path):
     texts = sst_sentences(sst_dev_path) + NON_ASCII + ["<|im_start|>user\nHi there!<|im_end|>"]
     for text in texts:
@@ -157,7 +158,8 @@ def test_char_tokenizer_reserves_specials_and_maps_unknown_characters():
     assert len({tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.unk_id}) == 4
 
 
-@pytest.mark.parametrize("kind", ["char", "sentencepiece", "bpe"])
+# bpe builds SmolLM2's tokenizer afresh from its GGUF file: seconds, for a 49k-token vocabulary
+@pytest.mark.parametrize("kind", ["char", "sentencepiece", pytest.param("bpe", marks=pytest.mark.slow)])
 def test_a_record_survives_a_weights_only_checkpoint(kind, tokenizer_model_path, smollm2_path, tmp_path):
     original = {"char": lambda: Tokenizer.from_corpus_chars("Hello, world 123"),
                 "sentencepiece": lambda: Tokenizer(tokenizer_model=tokenizer_model_path),

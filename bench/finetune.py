@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import common
-from minllama.classify.classification import epoch_batches, predict
+from minllama.classify.classification import epoch_batches
+from minllama.training.supervised import predict
 from minllama.training import loop as training
 from minllama.training.data import collate, encode_examples, length_sorted_batches, padding_fraction, read_examples
 from minllama.training.objectives import ClassificationLoss

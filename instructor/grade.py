@@ -28,6 +28,7 @@ Without bubblewrap it refuses to grade, unless --unsafe-no-sandbox says to rely 
 """
 
 import argparse
+import functools
 import os
 import re
 import secrets
@@ -57,15 +58,16 @@ HARNESS_FILES = [REPO_ROOT / "rope_test.py", REPO_ROOT / "optimizer_test.py", RE
                  INSTRUCTOR_DIR / "grader_probe.py", INSTRUCTOR_DIR / "drawn_inputs.py"]
 
 
-def support_modules(variant: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def support_modules(variant: str) -> tuple[str, ...]:
     """The modules students do not write, as the course's skeleton has them (shipping.py: the
     closure of its entry points, less the student code): taken from the solution when a submission
     lacks them, and the course table always (the checks read it)."""
     course = COURSES[variant]
     files = set(source_files(REPO_ROOT))
     shipped = closure(course, lambda path: (REPO_ROOT / path).read_text(), files)
-    return [path for path in shipped if path.endswith(".py") and path not in course.student_code
-            and not path.startswith(STUDENT_TESTS) and REPO_ROOT / path not in HARNESS_FILES]
+    return tuple(path for path in shipped if path.endswith(".py") and path not in course.student_code
+                 and not path.startswith(STUDENT_TESTS) and REPO_ROOT / path not in HARNESS_FILES)
 
 # The course variants (course.py): upstream reference accuracies (DESIGN.md, mean of 10 seeds), the
 # norm of the sanity reference and the max_grad_norm of the optimizer reference; and the rubric's tolerances.

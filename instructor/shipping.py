@@ -18,7 +18,6 @@ holds the assignment and one folder the student need not open; the imports that 
 
 import ast
 import re
-from pathlib import Path
 
 from support.course import OPTION_FAMILIES, SOLUTION_ONLY, Course, all_methods, course_families
 

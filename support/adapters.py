@@ -45,18 +45,19 @@ class ParameterCount(NamedTuple):
         return self.trainable / self.total if self.total else 0.0
 
     def __str__(self) -> str:
-        return (f"trainable parameters: {self.trainable:,} of {self.total:,} "
-                f"({100 * self.trainable_fraction:.3f}%), of which adapters: {self.adapter:,}")
+        line = f"trainable parameters: {self.trainable:,} of {self.total:,} ({100 * self.trainable_fraction:.3f}%)"
+        return f"{line}, of which adapters: {self.adapter:,}" if self.adapter else line
 
 
-def count_parameters(model: nn.Module, prefix: str) -> ParameterCount:
-    """Count the model's parameters: the method's (names containing `prefix`), the trainable ones, all.
-    A NamedTuple: unpacks as `adapter, trainable, total = ...`; `str()` of it is a line to print."""
+def count_parameters(model: nn.Module, prefix: str | None = None) -> ParameterCount:
+    """Count the model's parameters: the method's (names containing `prefix`; none without one),
+    the trainable ones, all. A NamedTuple: unpacks as `adapter, trainable, total = ...`; `str()`
+    of it is a line to print."""
     adapter = trainable = total = 0
     for name, p in model.named_parameters():  # named_parameters() yields a tied tensor once
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
-        adapter += p.numel() if prefix in name else 0
+        adapter += p.numel() if prefix is not None and prefix in name else 0
     return ParameterCount(adapter=adapter, trainable=trainable, total=total)
 
 

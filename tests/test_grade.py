@@ -327,7 +327,9 @@ def test_nothing_reaches_the_reference_dir_tmp_or_the_network(batch):
 
 def test_a_rope_that_reads_the_reference_file_does_not_pass(batch):
     require_bubblewrap(batch)
-    rope = batch["reports"]["rope-loads-reference"]["checks"]["rope"]
+    report = batch["reports"]["rope-loads-reference"]
+    assert "checks" in report, report
+    rope = report["checks"]["rope"]
     assert rope["status"] == "error" and "no reference file to read" in rope["detail"], rope
 
 

@@ -74,7 +74,7 @@ def forbidden_imports(path: Path, allowed: set[str]) -> list[str]:
 
 
 def test_import_linter_contracts():
-    """minllama's layers (cli > instruct > classify | pretraining | tools > methods > inference >
+    """minllama's layers (cli > classify | instruct | pretraining | tools > methods > inference >
     training) and support never importing minllama, as .importlinter states them. In a process of its
     own: lint-imports reconfigures logging, which would silence every logger this one has made so far."""
     result = subprocess.run([Path(sys.executable).with_name("lint-imports"), "--no-cache"], cwd=REPO_ROOT,

@@ -9,123 +9,20 @@ kept at `{option}-{epochs}-{lr}.pt` (the upstream path). Predictions come from t
 
 import math
 import random
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from minllama.classify.builders import ClassifierChoice, Training, build_classifier
-from minllama.training.data import (Example, InputError, collate, encode_examples, epoch_rows, has_placeholder_labels,
-                                    length_sorted_batches, padding_fraction)
-from minllama.training.loop import Distributed, LoopSettings, RunHooks, TrainingDiverged, autocast, train
+from minllama.training.data import collate, encode_examples, epoch_rows, length_sorted_batches, padding_fraction
+from minllama.training.loop import Distributed, LoopSettings, TrainingDiverged, train
 from minllama.training.objectives import ClassificationLoss
-from support.adapters import count_parameters as count_adapter_parameters
-from utils import atomic_path, write_atomically
-
-
-@dataclass(frozen=True)
-class Split:
-    """One data split: its examples, the file they came from, where its predictions go."""
-    name: str
-    path: Path
-    examples: list[Example]
-    predictions_out: Path | None  # None for the training split
-
-    @property
-    def placeholder_labels(self) -> bool:
-        return has_placeholder_labels(self.path)
-
-
-def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) numbers in the model's parameters; a tied matrix counts once."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-# --------------------------------------------------------------------------------------------
-# Predicting and scoring
-
-
-@torch.no_grad()
-def predict(model, encoded: list[list[int]], batch_size: int, pad_id: int, device, desc: str) -> torch.Tensor:
-    """(N, num_labels) log-probabilities for the encoded inputs, in input order."""
-    model.eval()
-    scores = [None] * len(encoded)
-    for batch in tqdm(length_sorted_batches([len(ids) for ids in encoded], batch_size), desc=f"eval {desc}"):
-        input_ids, attention_mask = collate([encoded[i] for i in batch], pad_id, device)
-        with autocast(device):
-            log_probs = model(input_ids, attention_mask=attention_mask).float().cpu()
-        for row, i in enumerate(batch):
-            scores[i] = log_probs[row]
-    return torch.stack(scores)
-
-
-def score(examples: list[Example], log_probs: torch.Tensor, num_labels: int) -> dict:
-    """Accuracy, macro-F1 (the mean of the per-label F1 scores: every label counts the same,
-    however rare, which accuracy hides on SST's unbalanced labels), and the mean negative
-    log-likelihood of the gold labels with its perplexity."""
-    from sklearn.metrics import f1_score  # imported here: scikit-learn takes seconds to import
-
-    gold = torch.tensor([example.label for example in examples])
-    predictions = log_probs.argmax(-1)
-    loss = F.nll_loss(log_probs, gold).item()
-    return {"accuracy": (predictions == gold).float().mean().item(),
-            "macro_f1": f1_score(gold, predictions, labels=list(range(num_labels)), average="macro", zero_division=0),
-            "loss": loss, "perplexity": math.exp(min(loss, 50))}
-
-
-def report_split(split: Split, log_probs: torch.Tensor, num_labels: int) -> dict:
-    """Print `{split} acc :: 0.xxx` (the line graders grep) and macro-F1, unless the labels are placeholders."""
-    if split.placeholder_labels:
-        print(f"{split.name}: the labels in {split.path} are all {split.examples[0].label}, placeholders: "
-              "no accuracy reported")
-        return {"examples": len(split.examples), "placeholder_labels": True}
-    metrics = score(split.examples, log_probs, num_labels)
-    print(f"{split.name} acc :: {metrics['accuracy']:.3f}")
-    print(f"{split.name} macro-F1 :: {metrics['macro_f1']:.3f}")
-    return {"examples": len(split.examples), "placeholder_labels": False, **metrics}
-
-
-def write_predictions(path, examples: list[Example], predictions: list[int]) -> None:
-    write_atomically(path, "".join(f"{p} ||| {e.sentence}\n" for p, e in zip(predictions, examples)))
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints: the trained tensors only
-
-
-def trained_state(model) -> dict[str, torch.Tensor]:
-    """The parameters that train (requires_grad), as CPU copies: all that a checkpoint needs
-    besides the pretrained file. A tied matrix appears once (named_parameters skips repeats)."""
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(path, model, config, info: dict) -> None:
-    """{'model': trained_state(model), 'model_config': config as a dict, **info}: the trained tensors
-    (all, or the adapters and a head) with what rebuilds the model around them. Tensors and builtins
-    only, which torch.load(..., weights_only=True) reads (upstream pickled an argparse.Namespace).
-    `model` is a classifier or a bare Llama; `config` is its Llama's LlamaConfig."""
-    with atomic_path(path) as temporary:
-        torch.save({"model": trained_state(model), "model_config": config.to_dict(), **info}, temporary)
-
-
-def load_checkpoint(path, model) -> dict:
-    """Put a save_checkpoint file's trained tensors back into `model` (built the same way); strict."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    saved = checkpoint["model"]
-    if params.keys() != saved.keys():
-        raise InputError(f"{path}: its tensors do not match the model's trainable parameters "
-                         f"(missing: {sorted(params.keys() - saved.keys())[:3]}, "
-                         f"unexpected: {sorted(saved.keys() - params.keys())[:3]})")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(saved[name])
-    return checkpoint
+from minllama.training.supervised import (KeptCheckpointHooks, Split, load_checkpoint, predict, report_split, score,
+                                          write_predictions)
+from support.adapters import count_parameters
+from utils import atomic_path
 
 
 def save_merged(model, merge, tokenizer, path: Path) -> None:
@@ -140,25 +37,17 @@ def save_merged(model, merge, tokenizer, path: Path) -> None:
     print(f"wrote the merged model {path}")
 
 
-# --------------------------------------------------------------------------------------------
-# Training
-
-
-class ClassificationHooks(RunHooks):
+class ClassificationHooks(KeptCheckpointHooks):
     """Score dev after every epoch (or --eval_every steps), keep the best-dev checkpoint, print
     the upstream `epoch N: train loss :: ...` line."""
 
     def __init__(self, model, objective, dev: Split, dev_encoded, batch_size: int, pad_id: int, device,
                  steps_per_epoch: int, checkpoint_path: Path, info: dict, dist: Distributed, metric: str = "accuracy"):
-        self.model, self.objective, self.dev, self.dev_encoded = model, objective, dev, dev_encoded
-        self.batch_size, self.pad_id, self.device, self.dist = batch_size, pad_id, device, dist
-        self.steps_per_epoch, self.checkpoint_path, self.info = steps_per_epoch, checkpoint_path, info
+        super().__init__(model, model.llama.config, steps_per_epoch, checkpoint_path, info, dist)
+        self.objective, self.dev, self.dev_encoded = objective, dev, dev_encoded
+        self.batch_size, self.pad_id, self.device = batch_size, pad_id, device
         # Placeholder dev labels cannot rank evaluations: then the latest is kept.
         self.metric = "step" if dev.placeholder_labels else metric
-        self.history, self.losses, self.best_epoch, self.started = [], [], None, time.time()
-
-    def log_step(self, state, loss, lr, tokens_per_second):
-        self.losses.append(loss)
 
     def evaluate(self, model, step):
         log_probs = predict(model, self.dev_encoded, self.batch_size, self.pad_id, self.device, "dev")
@@ -166,34 +55,19 @@ class ClassificationHooks(RunHooks):
         return {**metrics, "step": step}
 
     def on_evaluation(self, state, metrics, improved, optimizer):
-        epoch = math.ceil(state.step / self.steps_per_epoch) - 1
-        train_loss = sum(self.losses) / max(len(self.losses), 1)
         train_acc = self.objective.correct / max(self.objective.seen, 1)
-        record = {"epoch": epoch, "step": state.step, "train_loss": train_loss, "train_acc": train_acc,
-                  "dev_acc": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"], "dev_loss": metrics["loss"],
-                  "dev_perplexity": metrics["perplexity"], "seconds": time.time() - self.started}
-        self.history.append(record)
-        self.losses, self.objective.correct, self.objective.seen, self.started = [], 0, 0, time.time()
-        if improved:
-            self.best_epoch = epoch
-            if self.dist.is_main:
-                save_checkpoint(self.checkpoint_path, self.model, self.model.llama.config,
-                                {**self.info, "epoch": epoch, "step": state.step, "dev_acc": record["dev_acc"]})
+        record = self.record(state, train_acc=train_acc, dev_acc=metrics["accuracy"], dev_macro_f1=metrics["macro_f1"],
+                             dev_loss=metrics["loss"], dev_perplexity=metrics["perplexity"])
+        self.objective.correct, self.objective.seen = 0, 0
+        self.keep_if_improved(state, record, improved)
         if self.dist.is_main:
+            epoch = record["epoch"]
             at = f"epoch {epoch}" if state.step % self.steps_per_epoch == 0 else f"epoch {epoch}, step {state.step}"
             dev = ("dev labels are placeholders" if self.dev.placeholder_labels else
                    f"dev acc :: {record['dev_acc']:.3f}, dev macro-F1 :: {record['dev_macro_f1']:.3f}, "
                    f"dev loss :: {record['dev_loss']:.3f}")
-            print(f"{at}: train loss :: {train_loss:.3f}, train acc :: {train_acc:.3f}, {dev}, "
+            print(f"{at}: train loss :: {record['train_loss']:.3f}, train acc :: {train_acc:.3f}, {dev}, "
                   f"time :: {record['seconds']:.1f}s")
-
-    def kept(self) -> str:
-        if self.best_epoch is None:
-            return "no checkpoint was written"
-        return f"the best checkpoint so far ({self.checkpoint_path}, epoch {self.best_epoch}) is kept"
-
-    def on_interrupt(self, state, optimizer):
-        return f"interrupted at step {state.step}: {self.kept()}"
 
 
 def epoch_batches(encoded: list[list[int]], labels: list[int], batch_size: int, pad_id: int, device, seed: int):
@@ -265,17 +139,16 @@ def run_classification(run: ClassificationRun, tokenizer, device, dist: Distribu
     """(Train,) predict dev and test, report; returns the run's summary."""
     model, encoding = run.build(run.choice, run.training, tokenizer, run.label_names)
     model.to(device)
-    trainable, total = count_parameters(model)
+    prefix = run.training.adapter_prefix if run.training else None
+    counted = count_parameters(model, prefix)
     training = "train" in run.splits
     summary = {"option": run.choice.option, "checkpoint": run.choice.checkpoint, "device": str(device),
-               "trainable_parameters": trainable, "total_parameters": total, "trainable_fraction": trainable / total}
-    prefix = run.training.adapter_prefix if run.training else None
+               "trainable_parameters": counted.trainable, "total_parameters": counted.total,
+               "trainable_fraction": counted.trainable_fraction}
     if prefix is not None:
-        counted = count_adapter_parameters(model, prefix)
         summary["adapter_parameters"] = counted.adapter
     if training and dist.is_main:
-        print(counted if prefix is not None else
-              f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+        print(counted)
     encoded = {name: encode_examples(split.examples, tokenizer, encoding.max_len, encoding.suffix_ids,
                                      run.max_sentence_len, name, bos=encoding.bos)
                for name, split in run.splits.items()}

@@ -140,7 +140,7 @@ def read_split(path, args) -> list:
 
 def training_split(paths: dict[str, Path], label_names: list[str], args):
     """The training split, read as --limit / --stratified say; its labels must use the mapping's ids."""
-    from minllama.classify.classification import Split
+    from minllama.training.supervised import Split
 
     examples = read_split(paths["train"], args)
     check_mapping_size(examples, label_names, paths["labels"], paths["train"], limited=args.limit is not None)
@@ -152,7 +152,7 @@ def prediction_splits(paths: dict[str, Path], label_names: list[str], dataset: s
     """dev, and test unless --skip_test: read as --limit / --stratified say, labels checked against the
     mapping, each with the file its predictions go to: --dev_out / --test_out, else
     `<dataset>-<split>-<method>-output.txt` in out_dir (the folder checked writable now, not after training)."""
-    from minllama.classify.classification import Split
+    from minllama.training.supervised import Split
 
     splits = {}
     for name in ("dev",) if args.skip_test else ("dev", "test"):

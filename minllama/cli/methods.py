@@ -142,13 +142,13 @@ class WiseFTSweep:
     zero_shot: dict = field(default_factory=dict)
 
     def before(self, model) -> None:
-        from minllama.classify.classification import trained_state
+        from minllama.training.supervised import trained_state
 
         self.zero_shot = trained_state(model)
 
     def after(self, model, run, dev_encoded, pad_id: int, device, info: dict, dist) -> dict:
-        from minllama.classify.classification import predict, save_checkpoint, score, trained_state
         from minllama.methods.wise_ft import lora_zero_shot_state, wise_ft_sweep
+        from minllama.training.supervised import predict, save_checkpoint, score, trained_state
 
         trained = trained_state(model)
         start = {**lora_zero_shot_state(trained), **{k: v for k, v in self.zero_shot.items() if "lora_" not in k}}

@@ -23,7 +23,6 @@ label word. After training the dev and test splits are classified, in the same f
 """
 
 import math
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,16 +30,16 @@ import torch
 from tqdm import tqdm
 
 from llama import load_pretrained
-from minllama.classify.builders import check_vocabulary
-from minllama.classify.classification import (ClassificationHooks, Split, count_parameters, load_checkpoint, predict,
-                                              report_split, save_checkpoint, write_predictions)
 from minllama.inference.chat import ChatTemplate, stop_condition
 from minllama.instruct.instruct_data import (classification_conversations, classification_instruction,
                                              encode_conversation, parse_label)
 from minllama.methods.prompting import Prompt, PromptClassifier
-from minllama.training.data import InputError, collate, epoch_rows, length_sorted_batches
+from minllama.training.data import InputError, check_vocabulary, collate, epoch_rows, length_sorted_batches
 from minllama.training.loop import Distributed, LoopSettings, TrainingDiverged, autocast, train
 from minllama.training.objectives import IGNORE, LanguageModelLoss
+from minllama.training.supervised import (KeptCheckpointHooks, Split, load_checkpoint, predict, report_split,
+                                          write_predictions)
+from support.adapters import count_parameters
 
 ANSWER_TOKENS = 16  # generate-and-parse: a label word comes first in a short answer
 
@@ -246,20 +245,17 @@ def score_answers(split: Split, answers: list[str], label_names: list[str]) -> d
 # Training
 
 
-class InstructionHooks(ClassificationHooks):
+class InstructionHooks(KeptCheckpointHooks):
     """After every epoch (or --eval_every steps): the dev accuracy of the label-word scoring picks
-    the checkpoint to keep (without dev labels, the latest); prints the epoch's line. The
-    bookkeeping of the kept checkpoint (kept, on_interrupt, log_step) is classification's."""
+    the checkpoint to keep (without dev labels, the latest); prints the epoch's line."""
 
     def __init__(self, llama, scorer, dev: Split | None, dev_prompts, batch_size: int, pad_id: int, device,
                  steps_per_epoch: int, checkpoint_path: Path, info: dict, dist: Distributed):
-        # Not ClassificationHooks.__init__: the model here is the Llama, and dev may be absent.
-        self.llama, self.scorer, self.dev, self.dev_prompts = llama, scorer, dev, dev_prompts
-        self.batch_size, self.pad_id, self.device, self.dist = batch_size, pad_id, device, dist
-        self.steps_per_epoch, self.checkpoint_path, self.info = steps_per_epoch, checkpoint_path, info
+        super().__init__(llama, llama.config, steps_per_epoch, checkpoint_path, info, dist)
+        self.scorer, self.dev, self.dev_prompts = scorer, dev, dev_prompts
+        self.batch_size, self.pad_id, self.device = batch_size, pad_id, device
         self.scored = dev is not None and not dev.placeholder_labels
         self.metric = "accuracy" if self.scored else "step"
-        self.history, self.losses, self.best_epoch, self.started = [], [], None, time.time()
         self.latest_log_probs = self.best_log_probs = None  # dev's label scores, to predict dev without a rerun
 
     def evaluate(self, model, step):
@@ -271,19 +267,13 @@ class InstructionHooks(ClassificationHooks):
         return {"accuracy": (log_probs.argmax(-1) == gold).float().mean().item(), "step": step}
 
     def on_evaluation(self, state, metrics, improved, optimizer):
-        epoch = math.ceil(state.step / self.steps_per_epoch) - 1
-        record = {"epoch": epoch, "step": state.step, "train_loss": sum(self.losses) / max(len(self.losses), 1),
-                  "dev_acc": metrics.get("accuracy"), "seconds": time.time() - self.started}
-        self.history.append(record)
-        self.losses, self.started = [], time.time()
+        record = self.record(state, dev_acc=metrics.get("accuracy"))
+        self.keep_if_improved(state, record, improved)
         if improved:
-            self.best_epoch, self.best_log_probs = epoch, self.latest_log_probs
-            if self.dist.is_main:
-                save_checkpoint(self.checkpoint_path, self.llama, self.llama.config,
-                                {**self.info, "epoch": epoch, "step": state.step, "dev_acc": record["dev_acc"]})
+            self.best_log_probs = self.latest_log_probs
         if self.dist.is_main:
             dev = f", dev acc :: {record['dev_acc']:.3f} (label words)" if self.scored else ""
-            print(f"epoch {epoch}, step {state.step}: train loss :: {record['train_loss']:.3f}{dev}, "
+            print(f"epoch {record['epoch']}, step {state.step}: train loss :: {record['train_loss']:.3f}{dev}, "
                   f"time :: {record['seconds']:.1f}s")
 
 
@@ -301,12 +291,12 @@ def run_instruction_tuning(run: InstructionTuning, tokenizer, device, dist: Dist
                for name, split in run.splits.items()}
     examples = training_examples(run, template, tokenizer, context)
     scorer = label_word_scorer(llama, label_ids).to(device) if label_ids else None
-    trainable, total = count_parameters(llama)
+    counted = count_parameters(llama)
     n_targets = sum(t != IGNORE for _, targets in examples for t in targets)
     if dist.is_main:
         print(f"instruction tuning on {len(examples)} conversations of {run.instructions_source} "
               f"({n_targets:,} answer tokens learned, of {sum(len(ids) for ids, _ in examples):,}); "
-              f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+              f"{counted}")
 
     steps_per_epoch = math.ceil(len(examples) / run.batch_size)
     settings = replace(run.settings, max_steps=run.settings.max_steps or run.epochs * steps_per_epoch,
@@ -325,8 +315,9 @@ def run_instruction_tuning(run: InstructionTuning, tokenizer, device, dist: Dist
     best_epoch = load_checkpoint(run.checkpoint_out, llama)["epoch"]
     summary = {"option": "instruct_tune", "checkpoint": run.checkpoint, "device": str(device), "peft": run.peft,
                "instructions": run.instructions_source, "train_conversations": len(examples),
-               "answer_tokens": n_targets, "trainable_parameters": trainable, "total_parameters": total,
-               "trainable_fraction": trainable / total, "chat_template": not template.is_fallback,
+               "answer_tokens": n_targets, "trainable_parameters": counted.trainable,
+               "total_parameters": counted.total, "trainable_fraction": counted.trainable_fraction,
+               "chat_template": not template.is_fallback,
                "epochs": hooks.history, "best_epoch": best_epoch, "checkpoint_out": run.checkpoint_out}
     if not dist.is_main:
         return summary

@@ -58,7 +58,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list]:
                       help="the normalisation the checkpoint was trained with (default: rmsnorm)")
     ours.add_argument("--tokenizer", default=None,
                       help="a SentencePiece .model or GGUF file (default: the checkpoint's own, else tokenizer.model)")
-    ours.add_argument("--dropout", type=float, default=None, help="the model's own dropout (default: the checkpoint's, 0)")
+    ours.add_argument("--dropout", type=float, default=None,
+                      help="the model's own dropout (default: the checkpoint's, 0)")
     ours.add_argument("--out_dir", default=".", help="folder for every output with a default name")
     ours.add_argument("--summary_out", default=None, help="default: <dataset>-<method>-output.json beside --dev_out")
 

@@ -16,36 +16,38 @@ import sys
 from pathlib import Path
 
 import make_skeleton as ms
+from regions import SkeletonError, find_regions, qualified_functions
+from shipping import shipped_path
 
 TODO = ("# todo", "raise NotImplementedError")
 
 
 def skeleton_course(skeleton: Path) -> str:
     """The course a skeleton was made for: the THIS_COURSE its course.py sets."""
-    path = skeleton / ms.shipped_path("support/course.py")
+    path = skeleton / shipped_path("support/course.py")
     if not path.is_file():
-        raise ms.SkeletonError(f"{skeleton} has no course.py: not a skeleton made by make_skeleton.py")
+        raise SkeletonError(f"{skeleton} has no course.py: not a skeleton made by make_skeleton.py")
     for node in ast.parse(path.read_text(), filename=str(path)).body:
         if isinstance(node, ast.AnnAssign | ast.Assign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(getattr(t, "id", None) == "THIS_COURSE" for t in targets):
                 name = ast.literal_eval(node.value)
                 if name not in ms.VARIANTS:
-                    raise ms.SkeletonError(f"{path}: THIS_COURSE is {name!r}, not a course of {sorted(ms.VARIANTS)}")
+                    raise SkeletonError(f"{path}: THIS_COURSE is {name!r}, not a course of {sorted(ms.VARIANTS)}")
                 return name
-    raise ms.SkeletonError(f"{path} does not set THIS_COURSE")
+    raise SkeletonError(f"{path} does not set THIS_COURSE")
 
 
 def solution_code(path: str, variant: ms.Variant, root: Path = ms.REPO_ROOT) -> dict[str, list[str]]:
     """{region id: its lines} of one solution file, as the variant's skeleton sees the file."""
     source = ms.variant_source((root / path).read_text(), path, variant)
     lines = source.splitlines(keepends=True)
-    return {region.id: lines[region.begin: region.end - 1] for region in ms.find_regions(source, path)}
+    return {region.id: lines[region.begin: region.end - 1] for region in find_regions(source, path)}
 
 
 def fill_file(text: str, path: str, code: dict[str, list[str]]) -> tuple[str, list[str]]:
     """The file with every todo pair replaced by its region's code; and the ids filled."""
-    functions = ms._functions(ast.parse(text, filename=path))
+    functions = qualified_functions(ast.parse(text, filename=path))
     lines = text.splitlines(keepends=True)
     filled = []
     for number in range(len(lines) - 2, -1, -1):  # from the end: replacing shifts only later lines
@@ -57,7 +59,7 @@ def fill_file(text: str, path: str, code: dict[str, list[str]]) -> tuple[str, li
             continue
         region = f"{path}:{max(inside, key=lambda item: item[1].lineno)[0]}"
         if region not in code:
-            raise ms.SkeletonError(f"{path}:{line}: a todo in {region}, for which the solution has no region")
+            raise SkeletonError(f"{path}:{line}: a todo in {region}, for which the solution has no region")
         lines[number: number + 2] = code[region]
         filled.append(region)
     return "".join(lines), filled[::-1]
@@ -99,7 +101,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         filled = fill(args.skeleton)
-    except (ms.SkeletonError, SyntaxError) as err:
+    except (SkeletonError, SyntaxError) as err:
         print(f"fill_skeleton: {err}", file=sys.stderr)
         return 1
     print(f"filled {len(filled)} pieces of {args.skeleton} with the solution")

@@ -47,8 +47,8 @@ from unpack import ArchiveLimits, Rejected, code_root, safe_copy_folder, safe_ex
 INSTRUCTOR_DIR = Path(__file__).resolve().parent
 REPO_ROOT = INSTRUCTOR_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
-from make_skeleton import STUDENT_TESTS, source_files  # noqa: E402
-from shipping import closure, follow_the_move, shipped_path  # noqa: E402
+from make_skeleton import source_files  # noqa: E402
+from shipping import STUDENT_TESTS, closure, follow_the_move, shipped_path  # noqa: E402
 from support.course import COURSES, OPTIMIZER_REFERENCE, ROPE_REFERENCE, SANITY_REFERENCE  # noqa: E402
 
 COURSE_TABLE = "support/course.py"  # the instructor's copy, whatever a submission brings

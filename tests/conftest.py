@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: where the assets are, and the real models loaded once per session.
+"""Shared pytest fixtures: where the assets are, the real models loaded once per session, and the
+tiny random model and data slices that run_llama.py's command line is tested on.
 
 An asset is looked for, in order, in the repository root (where setup.sh puts it, in the
 upstream layout), in $MINLLAMA_ASSETS and in ../shared/assets beside the repository (both
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from config import LlamaConfig
+from llama import Llama
 from testkit import asset_dirs, find_asset, skip_or_fail
 from utils import REPO_ROOT, smollm2_gguf_path  # importable from the root: pytest.ini sets pythonpath
 
@@ -82,3 +85,49 @@ def one_thread():
 def seeded():
     """Every test starts from the same random state."""
     torch.manual_seed(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# run_llama.py's command line: a tiny random model and slices of the real data (tests/test_run_llama.py,
+# test_methods_cli.py, test_instruct_tuning.py). Module scope: each module writes its own, once.
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """tiny(name, **overrides) -> Path: a random Llama (seed 0) with Llama 2's vocabulary and a short
+    context, in the course .pt format; `overrides` change its LlamaConfig."""
+    def save(name, **overrides):
+        torch.manual_seed(0)
+        config = LlamaConfig(**{**dict(vocab_size=32000, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                       max_seq_len=96), **overrides})
+        path = tmp_path_factory.mktemp("models") / name
+        torch.save({"model_args": config.to_dict(), "model": Llama(config).state_dict()}, path)
+        return path
+    return save
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny):
+    """The default tiny model, written once per module."""
+    return tiny("tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, asset):
+    """Slices of the real data files: SST train (all five labels), dev and test; the real mappings."""
+    folder = tmp_path_factory.mktemp("data")
+    slices = {"sst-dev.txt": 12, "sst-test.txt": 9, "cfimdb-dev.txt": 6, "cfimdb-test.txt": 5}
+    for name, n in slices.items():
+        lines = asset(f"data/{name}").read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+        (folder / name).write_text("".join(lines), encoding="utf-8")
+    train, per_label = [], {}  # the first 8 training lines of each label, in file order
+    for line in asset("data/sst-train.txt").read_text(encoding="utf-8").splitlines(keepends=True):
+        label = line.split(" ||| ")[0]
+        if per_label.get(label, 0) < 8:
+            per_label[label] = per_label.get(label, 0) + 1
+            train.append(line)
+    assert len(train) == 40
+    (folder / "sst-train.txt").write_text("".join(train), encoding="utf-8")
+    for name in ("sst-label-mapping.json", "cfimdb-label-mapping.json"):
+        (folder / name).write_bytes(asset(f"data/{name}").read_bytes())
+    return folder

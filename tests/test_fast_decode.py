@@ -3,17 +3,18 @@ forwards, its one-token step against Llama.forward's logits, for plain and group
 attention, RMSNorm and LayerNorm, float32 and int8 layers, batch 1 and left-padded batches,
 stop tokens, sampling, and the hand-back to Llama.generate where the window would slide."""
 
+import importlib
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from test_generate import left_pad, manual_greedy, random_tokens, tiny_llama
 
 from llama import Llama
 from lora import apply_lora
 from minllama.inference import fast_decode
 from minllama.inference.quantize import prepare_for_inference
+from testkit import left_pad, manual_greedy, random_tokens, tiny_llama
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +98,9 @@ def test_bf16_autocast_runs_and_follows_llama_generate():
 
 ABLATIONS = {"gelu": dict(ffn="gelu"), "alibi": dict(positional="alibi"),
              "differential": dict(attention="differential")}
+# Their layers reach llama.py when architectures.py is imported (llama.ABLATED_LAYERS): imported here, so
+# that this module passes alone too, not only after a module that imports it (test_architectures.py).
+importlib.import_module("minllama.pretraining.architectures")
 
 
 @pytest.mark.parametrize("case", ["window slides", "lora", "training", *ABLATIONS])

@@ -8,42 +8,9 @@ import torch.nn.functional as F
 
 from config import LlamaConfig
 from llama import Llama, sample_next_token
-
-BASE = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=24, hidden_dim=48)
-
+from testkit import left_pad, manual_greedy, random_tokens, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
-
-
-def tiny_llama(**overrides) -> Llama:
-    """A random Llama in eval mode with large weights (std 0.3): its greedy continuations vary
-    from token to token instead of repeating one token, as the 0.02 init does."""
-    model = Llama(LlamaConfig(**{**BASE, **overrides})).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.3)
-    return model
-
-
-def random_tokens(*shape: int) -> torch.Tensor:
-    return torch.randint(1, BASE["vocab_size"], shape)
-
-
-def manual_greedy(model: Llama, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    """The reference loop: a full forward over the last max_seq_len tokens, then argmax."""
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            logits, _ = model(idx[:, -model.config.max_seq_len:])
-            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return idx
-
-
-def left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(p) for p in prompts)
-    idx = torch.stack([F.pad(p, (length - len(p), 0)) for p in prompts])
-    mask = torch.stack([F.pad(torch.ones_like(p), (length - len(p), 0)) for p in prompts])
-    return idx, mask
 
 
 # ---------------------------------------------------------------------------------------------

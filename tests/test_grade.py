@@ -28,8 +28,9 @@ import pytest
 import torch
 
 from config import LlamaConfig
-from testkit import skip_or_fail
 from llama import Llama
+from support.course import COURSES
+from testkit import skip_or_fail
 from utils import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "instructor"))
@@ -70,12 +71,14 @@ def solution_code() -> dict[str, str]:
 
 
 def write_submission(folder: Path, data_dir: Path, predict, code_overrides=None, extra_files=()) -> Path:
-    """A submission folder ANDREW_ID/ with code, predictions (predict(gold_label, n_labels)), generations
-    and `extra_files` copied in."""
+    """A submission folder ANDREW_ID/ with code (the solution's, with `code_overrides`; an override
+    None leaves that file out), predictions (predict(gold_label, n_labels)), generations and
+    `extra_files` copied in."""
     root = folder / ANDREW_ID
     root.mkdir(parents=True)
     for name, text in {**solution_code(), **(code_overrides or {})}.items():
-        (root / name).write_text(text)
+        if text is not None:  # None: the submission leaves the file out
+            (root / name).write_text(text)
     for path in extra_files:
         shutil.copy2(path, root / path.name)
     for dataset, n_labels in (("sst", 5), ("cfimdb", 2)):
@@ -210,6 +213,9 @@ def batch(tmp_path_factory):
     }
     builds = [*[(name, lambda label, n: label, {"optimizer.py": code}, ()) for name, code in broken.items()],
               ("perfect", lambda label, n: label, None, ()), ("random", lambda label, n: rng.randrange(n), None, ())]
+    student_code = set(COURSES["layernorm"].student_code)  # what prepare_submit.py zips (grade.py's default course)
+    builds.append(("student-files-only", lambda label, n: label,
+                   {name: None for name in solution_code() if name not in student_code}, ()))
 
     sandboxed = working_bubblewrap() is not None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
@@ -259,6 +265,15 @@ def test_perfect_submission_gets_an_a(batch):
     assert report["predictions"]["cfimdb-test-finetuning-output.txt"]["accuracy"] is None  # placeholders
     assert report["generations"]["generated-sentence-temp-0.txt"]["perplexity"] > 1
     assert report["grade"] == "A", report["reasons"]
+
+
+def test_a_submission_of_the_student_files_alone_gets_every_check(batch):
+    """prepare_submit.py zips the student's files only: the grader brings the rest from the
+    solution, as the course's skeleton lays it out (its import closure), and every check runs."""
+    report = batch["reports"]["student-files-only"]
+    assert {c["status"] for c in report["checks"].values()} == {"passed"}, report["checks"]
+    taken = set(report["support_modules_from_solution"])
+    assert {"config.py", "tokenizer.py", "minllama/support/rope_scaling.py", "minllama/support/course.py"} <= taken
 
 
 def test_every_check_names_its_sandbox_and_what_it_was_compared_with(batch):

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from test_run_llama import data, run_cli, tiny  # noqa: F401  (fixtures)
 
 import run_llama
 from config import LlamaConfig
@@ -18,6 +17,7 @@ from minllama.inference.chat import ChatTemplate
 from minllama.instruct.instruct_data import classification_conversations, encode_conversation
 from minllama.instruct.instruct_tuning import build_model, instruction_batch, label_answer_ids, shifted
 from minllama.training.objectives import IGNORE, LanguageModelLoss
+from testkit import run_cli
 
 LABELS = ["bad", "good"]
 
@@ -28,7 +28,7 @@ def template(smollm2_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def smol_tiny(tiny):  # noqa: F811
+def smol_tiny(tiny):
     """A tiny random Llama with SmolLM2's vocabulary, for its tokenizer and chat template."""
     return tiny("smol-tiny.pt", vocab_size=49152, max_seq_len=256)
 
@@ -162,7 +162,9 @@ def test_instruct_tune_end_to_end_with_a_chat_template(tmp_path, data, smol_tiny
     assert 0 <= generated["accuracy"] <= 1 and 0 <= generated["no_label"] <= 12 == generated["examples"]
     assert summary["peft"] == "lora" and summary["train_conversations"] == 40 and summary["chat_template"]
     checkpoint = torch.load(tmp_path / "instruct_tune-1-0.001.pt", weights_only=True)
-    assert checkpoint["option"] == "instruct_tune" and checkpoint["lora"] == {"rank": 2, "alpha": 2.0}
+    assert checkpoint["option"] == "instruct_tune" and "args" not in checkpoint
+    tuning = checkpoint["tuning"]
+    assert tuning["peft"] == "lora" and (tuning["lora_rank"], tuning["lora_alpha"]) == (2, 2.0)
     assert checkpoint["model"] and all("lora_" in name for name in checkpoint["model"])
 
 

@@ -34,6 +34,10 @@ import make_reference  # noqa: E402
 import fill_skeleton  # noqa: E402
 import make_skeleton as ms  # noqa: E402
 import prepare_submit  # noqa: E402
+from regions import fill_regions, find_regions, select_variant_lines  # noqa: E402
+from rewrites import (definition, drop_docstring_paragraphs, drop_keyword, drop_parameter,  # noqa: E402
+                      drop_statements, keep_cli_choices, rename_checksums, rename_setup_assets, set_assignment,
+                      set_parameter_default)
 from student_mutations import MUTATIONS  # noqa: E402
 
 # DESIGN.md, "Student-facing names": every one of them must be a region.
@@ -104,9 +108,9 @@ class A:
 
 
 def test_regions_become_todos_that_still_parse():
-    regions = ms.find_regions(SOURCE, "m.py")
+    regions = find_regions(SOURCE, "m.py")
     assert [r.id for r in regions] == ["m.py:f", "m.py:A.g"]
-    skeleton = ms.fill_regions(SOURCE, regions, {"m.py:f"})
+    skeleton = fill_regions(SOURCE, regions, {"m.py:f"})
     assert '    """Doc."""\n    # todo\n    raise NotImplementedError\n' in skeleton
     assert "        return 2\n" in skeleton and skeleton.count("# BEGIN SOLUTION") == 1  # the string
     namespace = {}
@@ -125,32 +129,32 @@ def test_regions_become_todos_that_still_parse():
 ])
 def test_malformed_regions_are_errors(source, message):
     with pytest.raises(ms.SkeletonError, match=message):
-        ms.find_regions(source, "m.py")
+        find_regions(source, "m.py")
 
 
 def test_variant_fences_keep_lines_only_in_their_variant():
     source = "a = 1\n# BEGIN VARIANT layernorm\nb = 2\n# END VARIANT\nc = 3\n"
-    assert ms.select_variant_lines(source, "m.py", "layernorm") == "a = 1\nb = 2\nc = 3\n"
-    assert ms.select_variant_lines(source, "m.py", "rmsnorm") == "a = 1\nc = 3\n"
+    assert select_variant_lines(source, "m.py", "layernorm") == "a = 1\nb = 2\nc = 3\n"
+    assert select_variant_lines(source, "m.py", "rmsnorm") == "a = 1\nc = 3\n"
     with pytest.raises(ms.SkeletonError, match="variant names"):
-        ms.select_variant_lines("# BEGIN VARIANT nope\n# END VARIANT\n", "m.py", "rmsnorm")
+        select_variant_lines("# BEGIN VARIANT nope\n# END VARIANT\n", "m.py", "rmsnorm")
 
 
 def test_syntax_tree_rewrites():
     source = ('X = {"a": 1}  # keep me\n\nclass C:\n    n: str = "r"\n\n'
               'def g(a, b=0.05, *, c="x"):\n    p.add_argument("--o", choices=["p", "lora"], default="p")\n')
-    out = ms.set_assignment("X", {"b": ("f", None)})(source)
-    out = ms.set_assignment("C.n", "layernorm")(out)
-    out = ms.set_parameter_default("g", "b", 0.0)(out)
-    out = ms.keep_cli_choices("--o", ("p",))(out)
+    out = set_assignment("X", {"b": ("f", None)})(source)
+    out = set_assignment("C.n", "layernorm")(out)
+    out = set_parameter_default("g", "b", 0.0)(out)
+    out = keep_cli_choices("--o", ("p",))(out)
     assert 'X = {"b": ("f", None)}  # keep me' in out and 'n: str = "layernorm"' in out
     assert "def g(a, b=0.0, *, c=\"x\")" in out and 'choices=["p"], default="p"' in out
     with pytest.raises(LookupError):
-        ms.set_assignment("Y", 1)(source)
+        set_assignment("Y", 1)(source)
     with pytest.raises(LookupError, match="no choice"):
-        ms.keep_cli_choices("--o", ("p", "ia3"))(source)
+        keep_cli_choices("--o", ("p", "ia3"))(source)
     computed = 'p.add_argument("--o", choices=course.options_here())\n'  # already the course's
-    assert ms.keep_cli_choices("--o", ("p",))(computed) == computed
+    assert keep_cli_choices("--o", ("p",))(computed) == computed
 
 
 OPTION_SOURCE = '''\
@@ -194,18 +198,18 @@ class Opt:
 def test_rewrites_that_drop_an_option_everywhere():
     """The rewrites that take max_grad_norm out of the LUH course's optimizer, on a small source."""
     name, out = "max_grad_norm", OPTION_SOURCE
-    for rewrite in (ms.drop_docstring_paragraphs("", name), ms.drop_docstring_paragraphs("Opt.step", name),
-                    ms.drop_parameter("Opt.__init__", name), ms.drop_keyword("Opt.__init__", "dict", name),
-                    ms.drop_statements("check", name), ms.drop_statements("Opt.step", name)):
+    for rewrite in (drop_docstring_paragraphs("", name), drop_docstring_paragraphs("Opt.step", name),
+                    drop_parameter("Opt.__init__", name), drop_keyword("Opt.__init__", "dict", name),
+                    drop_statements("check", name), drop_statements("Opt.step", name)):
         out = rewrite(out)
     assert out == ('"""Summary.\n\nThe end."""\n\n\ndef check(group):\n    if group["lr"] < 0:\n        raise ValueError\n'
                    '\n\nclass Opt:\n    def __init__(self, params, lr=1e-3):\n        self.defaults = dict(lr=lr)\n\n'
                    '    def step(self):\n        """Step."""\n        for group in self.groups:\n'
                    '            # BEGIN SOLUTION\n            prepare(group)\n\n            update(group)\n'
                    '            # END SOLUTION\n')
-    for missing_target in (ms.drop_parameter("Opt.step", name), ms.drop_keyword("check", "dict", name),
-                           ms.drop_statements("Opt.__init__", "nothing"), ms.drop_docstring_paragraphs("check", name),
-                           ms.drop_docstring_paragraphs("", "Summary")):
+    for missing_target in (drop_parameter("Opt.step", name), drop_keyword("check", "dict", name),
+                           drop_statements("Opt.__init__", "nothing"), drop_docstring_paragraphs("check", name),
+                           drop_docstring_paragraphs("", "Summary")):
         with pytest.raises(LookupError):
             missing_target(OPTION_SOURCE)
 
@@ -213,14 +217,14 @@ def test_rewrites_that_drop_an_option_everywhere():
 def test_asset_table_rewrites():
     setup = 'X=1\nASSETS="\ndata/a.txt|data/a.txt|required|$U/a\nref_a.npy|reference/ref_a.npy|required|$U/ref.npy\n' \
             'ref_b.npy|reference/ref_b.npy|required|$V/ref.npy\n"\n'
-    out = ms.rename_setup_assets({"ref_b.npy": "ref.npy"}, {"ref_a.npy"})(setup)
+    out = rename_setup_assets({"ref_b.npy": "ref.npy"}, {"ref_a.npy"})(setup)
     assert out == 'X=1\nASSETS="\ndata/a.txt|data/a.txt|required|$U/a\nref.npy|reference/ref_b.npy|required|$V/ref.npy\n"\n'
     sums = "aa  data/a.txt\nbb  ref_a.npy\ncc  ref_b.npy\n"
-    assert ms.rename_checksums({"ref_b.npy": "ref.npy"}, {"ref_a.npy"})(sums) == "aa  data/a.txt\ncc  ref.npy\n"
+    assert rename_checksums({"ref_b.npy": "ref.npy"}, {"ref_a.npy"})(sums) == "aa  data/a.txt\ncc  ref.npy\n"
     with pytest.raises(LookupError, match="one row"):
-        ms.rename_checksums({"ref_c.npy": "ref.npy"}, set())(sums)
+        rename_checksums({"ref_c.npy": "ref.npy"}, set())(sums)
     with pytest.raises(LookupError, match="ASSETS"):
-        ms.rename_setup_assets({}, set())("X=1\n")
+        rename_setup_assets({}, set())("X=1\n")
 
 
 def test_each_variant_ships_reference_files_the_solution_keeps():
@@ -371,10 +375,10 @@ def test_each_course_has_its_interfaces(course):
     plainly by default, no --option lora. CMU: clipping and epsilon sampling (0.05)."""
     luh = course.variant == "rmsnorm"
     optimizer = (course.skeleton / "optimizer.py").read_text()
-    init = ms._definition(ast.parse(optimizer), "AdamW.__init__")
+    init = definition(ast.parse(optimizer), "AdamW.__init__")
     assert ("max_grad_norm" in [a.arg for a in init.args.args]) != luh
     assert ("max_grad_norm" in optimizer) != luh and ("clip" in optimizer.lower()) != luh
-    generate = ms._definition(ast.parse((course.skeleton / "llama.py").read_text()), "Llama.generate").args
+    generate = definition(ast.parse((course.skeleton / "llama.py").read_text()), "Llama.generate").args
     assert [a.arg for a in generate.args[:4]] == ["self", "idx", "max_new_tokens", "temperature"]
     defaults = dict(zip([a.arg for a in generate.args[-len(generate.defaults):]],
                         [ast.literal_eval(d) for d in generate.defaults]))
@@ -470,8 +474,8 @@ def test_make_skeleton_outside_a_git_checkout_says_so(tmp_path):
     copy = tmp_path / "copy"
     (copy / "instructor").mkdir(parents=True)
     (copy / "support").mkdir()
-    for name in ("instructor/make_skeleton.py", "instructor/skeleton_docs.py", "instructor/shipping.py",
-                 "support/__init__.py", "support/course.py"):
+    for name in ("instructor/make_skeleton.py", "instructor/regions.py", "instructor/rewrites.py",
+                 "instructor/skeleton_docs.py", "instructor/shipping.py", "support/__init__.py", "support/course.py"):
         shutil.copy(REPO_ROOT / name, copy / name)
     result = subprocess.run([sys.executable, str(copy / "instructor" / "make_skeleton.py"), str(tmp_path / "out"),
                              "--assets", str(assets())], capture_output=True, text=True, cwd=tmp_path,

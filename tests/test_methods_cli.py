@@ -1,8 +1,8 @@
-"""The classification methods of issue 11 through the command line, on the tiny random model of
-test_run_llama.py: IA3, prompt tuning, prompt-based fine-tuning, K-shot and calibrated prompting,
---head_init label_words with WiSE-FT, Mixout, early stopping, stratified --limit, --advanced names,
-and every bad input with its message. In-process main() calls (the command line's code path,
-without Python's start-up for each)."""
+"""The classification methods of issue 11 through the command line, on conftest.py's tiny random
+model (test_run_llama.py's too): IA3, prompt tuning, prompt-based fine-tuning, K-shot and
+calibrated prompting, --head_init label_words with WiSE-FT, Mixout, early stopping, stratified
+--limit, --advanced names, and every bad input with its message. In-process main() calls (the
+command line's code path, without Python's start-up for each)."""
 
 import json
 import re
@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 import torch
-from test_run_llama import check_predictions, data, sst_args, tiny, tiny_model  # noqa: F401 (fixtures)
 
 import run_llama
 from minllama.training.data import Example, stratified_sample
+from testkit import check_predictions, sst_args
 
 FAST = ("--epochs", "1", "--lr", "1e-3", "--skip_test", "--limit", "12")
 

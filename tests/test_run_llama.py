@@ -6,8 +6,6 @@ main() in-process (same code path as the command line, without paying Python's s
 import json
 import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,77 +13,10 @@ import torch
 
 import minllama.training.data as data_module
 import run_llama
-from config import LlamaConfig
-from llama import Llama
 from minllama.cli import common as commands
 from minllama.training import objectives
+from testkit import check_predictions, run_cli, sst_args
 from tokenizer import Tokenizer
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random Llama with Llama 2's vocabulary and a short context, in the course .pt format."""
-    def save(name, **overrides):
-        torch.manual_seed(0)
-        config = LlamaConfig(**{**dict(vocab_size=32000, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                                       max_seq_len=96), **overrides})
-        path = tmp_path_factory.mktemp("models") / name
-        torch.save({"model_args": config.to_dict(), "model": Llama(config).state_dict()}, path)
-        return path
-    return save
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny):
-    return tiny("tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, asset):
-    """Slices of the real data files: SST train (all five labels), dev and test; the real mappings."""
-    folder = tmp_path_factory.mktemp("data")
-    slices = {"sst-dev.txt": 12, "sst-test.txt": 9, "cfimdb-dev.txt": 6, "cfimdb-test.txt": 5}
-    for name, n in slices.items():
-        lines = asset(f"data/{name}").read_text(encoding="utf-8").splitlines(keepends=True)[:n]
-        (folder / name).write_text("".join(lines), encoding="utf-8")
-    train, per_label = [], {}  # the first 8 training lines of each label, in file order
-    for line in asset("data/sst-train.txt").read_text(encoding="utf-8").splitlines(keepends=True):
-        label = line.split(" ||| ")[0]
-        if per_label.get(label, 0) < 8:
-            per_label[label] = per_label.get(label, 0) + 1
-            train.append(line)
-    assert len(train) == 40
-    (folder / "sst-train.txt").write_text("".join(train), encoding="utf-8")
-    for name in ("sst-label-mapping.json", "cfimdb-label-mapping.json"):
-        (folder / name).write_bytes(asset(f"data/{name}").read_bytes())
-    return folder
-
-
-def sst_args(data, model, tokenizer_model_path, *extra):
-    return ["--train", str(data / "sst-train.txt"), "--dev", str(data / "sst-dev.txt"),
-            "--test", str(data / "sst-test.txt"), "--label-names", str(data / "sst-label-mapping.json"),
-            "--pretrained-model-path", str(model), "--tokenizer", str(tokenizer_model_path), *extra]
-
-
-def run_cli(args, cwd) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "run_llama.py"), *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, timeout=600)
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
-
-
-def check_predictions(path, data_path, num_labels):
-    """One `PRED ||| SENTENCE` line per input, in input order, sentences as in the data."""
-    predicted = Path(path).read_text(encoding="utf-8").splitlines()
-    original = Path(data_path).read_text(encoding="utf-8").splitlines()
-    assert len(predicted) == len(original)
-    for line, source in zip(predicted, original):
-        label, sentence = line.split(" ||| ")
-        assert int(label) in range(num_labels)
-        assert sentence == source.split(" ||| ", 1)[1].strip()
-
 
 # ----------------------------------------------------------------------------------------------
 # End to end through the command line
@@ -145,7 +76,8 @@ def test_finetune_end_to_end_and_deterministic(tmp_path, data, tiny_model, token
 
     checkpoint = torch.load(runs[0] / "finetune-2-0.001.pt", weights_only=True)
     assert "classifier_head.weight" in checkpoint["model"] and "llama.tok_embeddings.weight" in checkpoint["model"]
-    assert checkpoint["model_config"]["dim"] == 32 and checkpoint["args"]["lr"] == 1e-3
+    assert checkpoint["model_config"]["dim"] == 32 and "args" not in checkpoint  # a record, not the flags
+    assert checkpoint["choice"]["option"] == "finetune" and checkpoint["choice"]["checkpoint"] == str(tiny_model)
     summary = json.loads((runs[0] / "sst-finetuning-output.json").read_text())
     assert len(summary["epochs"]) == 2 and summary["trainable_fraction"] == 1.0
     assert summary["dev"]["accuracy"] == summary["epochs"][summary["best_epoch"]]["dev_acc"]
@@ -162,7 +94,7 @@ def test_lora_trains_and_saves_only_adapters_and_head(tmp_path, data, tiny_model
     names = set(checkpoint["model"])
     assert names and all("lora_" in name or name.startswith("classifier_head.") for name in names)
     assert {"classifier_head.weight", "classifier_head.bias"} <= names
-    assert checkpoint["lora"] == {"rank": 4, "alpha": 4.0}
+    assert (checkpoint["choice"]["lora_rank"], checkpoint["choice"]["lora_alpha"]) == (4, 4.0)
     merged = torch.load(tmp_path / "lora-1-0.001.merged.pt", weights_only=True)
     assert not any("lora_" in name for name in merged["model"])
     assert merged["tokenizer"]["kind"] == "sentencepiece"  # found again without --tokenizer
@@ -399,6 +331,22 @@ def test_checkpoint_in_predicts_again_without_training(tmp_path, data, tiny_mode
     wrong = run_cli(["--option", "lora", "--checkpoint_in", tmp_path / "a" / "finetune-1-0.001.pt",
                      *sst_args(data, tiny_model, tokenizer_model_path)], tmp_path)
     assert wrong.returncode == 1 and "was trained with --option finetune, not lora" in wrong.stderr
+
+
+def test_checkpoint_in_reads_a_checkpoint_written_before_the_record(tmp_path, data, tiny_model, tokenizer_model_path,
+                                                                    capsys):
+    """tests/data/lora-checkpoint-with-flags.pt was written by the code before the typed record: it
+    stores the command line (vars(args)) and {"lora": {"rank": 2, "alpha": 2.0}}. Rebuilt from those
+    (rank 2 although the flags say 4), its adapters load strictly and predict."""
+    old = Path(__file__).parent / "data" / "lora-checkpoint-with-flags.pt"
+    stored = torch.load(old, weights_only=True)
+    assert "choice" not in stored and stored["lora"] == {"rank": 2, "alpha": 2.0} and "lora_targets" in stored["args"]
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "lora", "--checkpoint_in", str(old),
+                    "--skip_test", "--out_dir", str(tmp_path))
+    assert run_llama.main(args) == 0
+    out = capsys.readouterr().out
+    assert "loaded " in out and "train loss ::" not in out
+    check_predictions(tmp_path / "sst-dev-lora-output.txt", data / "sst-dev.txt", 5)
 
 
 def test_a_diverging_learning_rate_is_reported(tmp_path, capsys, data, tiny_model, tokenizer_model_path):

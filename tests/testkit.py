@@ -1,13 +1,22 @@
 """Where the tests find their assets, and how a missing one is reported (skipped on a laptop,
-a failure under CI). A module of its own rather than conftest.py, so that test modules can
-import it by a name no other conftest.py (tests/student has one) can shadow."""
+a failure under CI); the plain helpers that more than one test module uses (run_llama.py's
+command line on the data slices of conftest's `data`, and the tiny random models and reference
+loops of the generation tests). A module of its own rather than conftest.py, so that test modules
+can import it by a name no other conftest.py (tests/student has one) can shadow. No test module
+imports another: what two share lives here (helpers) or in conftest.py (fixtures)."""
 
 import importlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
+from config import LlamaConfig
+from llama import Llama
 from utils import REPO_ROOT
 
 
@@ -38,3 +47,72 @@ def require_module(name: str):
         return importlib.import_module(name)
     except ImportError:
         skip_or_fail(f"{name} is not installed: bash setup.sh --dev")
+
+
+# ----------------------------------------------------------------------------------------------
+# run_llama.py's command line (tests/test_run_llama.py, test_methods_cli.py, test_instruct_tuning.py)
+
+
+def sst_args(data, model, tokenizer_model_path, *extra) -> list[str]:
+    """run_llama.py's arguments for the SST slices in `data` (conftest's fixture), then `extra`."""
+    return ["--train", str(data / "sst-train.txt"), "--dev", str(data / "sst-dev.txt"),
+            "--test", str(data / "sst-test.txt"), "--label-names", str(data / "sst-label-mapping.json"),
+            "--pretrained-model-path", str(model), "--tokenizer", str(tokenizer_model_path), *extra]
+
+
+def run_cli(args, cwd) -> subprocess.CompletedProcess:
+    """run_llama.py ARGS as a command, in `cwd`; whatever its exit status, never a traceback."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "run_llama.py"), *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def check_predictions(path, data_path, num_labels):
+    """One `PRED ||| SENTENCE` line per input, in input order, sentences as in the data."""
+    predicted = Path(path).read_text(encoding="utf-8").splitlines()
+    original = Path(data_path).read_text(encoding="utf-8").splitlines()
+    assert len(predicted) == len(original)
+    for line, source in zip(predicted, original):
+        label, sentence = line.split(" ||| ")
+        assert int(label) in range(num_labels)
+        assert sentence == source.split(" ||| ", 1)[1].strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation (tests/test_generate.py, test_fast_decode.py): tiny random models, CPU
+
+GENERATION_CONFIG = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=24, hidden_dim=48)
+
+
+def tiny_llama(**overrides) -> Llama:
+    """A random Llama of GENERATION_CONFIG in eval mode with large weights (std 0.3): its greedy
+    continuations vary from token to token instead of repeating one token, as the 0.02 init does."""
+    model = Llama(LlamaConfig(**{**GENERATION_CONFIG, **overrides})).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.3)
+    return model
+
+
+def random_tokens(*shape: int) -> torch.Tensor:
+    """Random ids from 1 to GENERATION_CONFIG's vocab_size - 1 (0 is what left_pad pads with)."""
+    return torch.randint(1, GENERATION_CONFIG["vocab_size"], shape)
+
+
+def manual_greedy(model: Llama, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """The reference loop: a full forward over the last max_seq_len tokens, then argmax."""
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits, _ = model(idx[:, -model.config.max_seq_len:])
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as one batch, padded with 0 on the left, and its attention mask."""
+    length = max(len(p) for p in prompts)
+    idx = torch.stack([F.pad(p, (length - len(p), 0)) for p in prompts])
+    mask = torch.stack([F.pad(torch.ones_like(p), (length - len(p), 0)) for p in prompts])
+    return idx, mask

@@ -10,7 +10,7 @@ its inputs are encoded (classification.py then trains and predicts the same way 
 The A+ options (method_builders.py) build on these with their own choices and trainings.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -30,6 +30,34 @@ class ClassifierChoice:
     lora_rank: int = 4
     lora_alpha: float = 1.0
     dropout: float | None = None  # the model's own dropout (None: the checkpoint's)
+
+
+def choice_record(choice: ClassifierChoice) -> dict:
+    """What a classification checkpoint stores to rebuild its model: the choice's fields, as the
+    builtins torch.load(..., weights_only=True) reads (the base checkpoint as a path string)."""
+    values = {field.name: getattr(choice, field.name) for field in fields(choice)}
+    return {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
+
+
+# The choice fields that shape a checkpoint's trained tensors (--checkpoint_in rebuilds its model
+# with the checkpoint's own, whatever the flags say). A checkpoint written before choice_record
+# stored the command line (vars(args)) instead, where they are under the same names.
+SHAPE_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "n_virtual_tokens", "prompt_init", "seed",
+                 "peft", "head_init")
+
+
+def recorded_choice(checkpoint: dict) -> dict:
+    """The choice fields a classification checkpoint was trained with ({} for none): its record,
+    or from an older checkpoint the same read back from its flags."""
+    if "choice" in checkpoint:
+        return dict(checkpoint["choice"])
+    flags = checkpoint.get("args", {})
+    found = {name: flags[name] for name in SHAPE_FIELDS if name in flags}
+    if checkpoint.get("lora"):
+        found.update(lora_rank=checkpoint["lora"]["rank"], lora_alpha=checkpoint["lora"]["alpha"])
+    if flags.get("pretrained_model_path"):
+        found["checkpoint"] = flags["pretrained_model_path"]
+    return found
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from minllama.classify.builders import ClassifierChoice, Training, build_classifier
+from minllama.classify.builders import ClassifierChoice, Training, build_classifier, choice_record
 from minllama.training.data import collate, encode_examples, epoch_rows, length_sorted_batches, padding_fraction
 from minllama.training.loop import Distributed, LoopSettings, TrainingDiverged, train
 from minllama.training.objectives import ClassificationLoss
@@ -128,7 +128,6 @@ class ClassificationRun:
     checkpoint_out: Path
     checkpoint_in: Path | None
     save_merged: bool
-    record: dict  # the command line, stored in the checkpoint
     training: Training | None = None  # what trains (None: prompt, which does not)
     build: Callable = build_classifier  # (choice, training, tokenizer, label_names) -> (model, Encoding)
     early_stop_on: str = "accuracy"  # the dev metric that picks the best checkpoint (and stops early)
@@ -159,9 +158,7 @@ def run_classification(run: ClassificationRun, tokenizer, device, dist: Distribu
     if training:
         if run.after_training is not None:
             run.after_training.before(model)
-        info = {"option": run.choice.option, "args": run.record, "label_names": run.label_names,
-                "lora": {"rank": run.choice.lora_rank, "alpha": run.choice.lora_alpha}
-                if prefix == "lora_" else None}
+        info = {"option": run.choice.option, "label_names": run.label_names, "choice": choice_record(run.choice)}
         summary.update(fit(model, run.splits["train"], encoded["train"], run.splits["dev"], encoded["dev"],
                            run.epochs, run.batch_size, tokenizer.pad_id, run.settings, run.seed, run.checkpoint_out,
                            info, device, dist, run.early_stop_on))

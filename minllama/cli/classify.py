@@ -40,9 +40,9 @@ def run(args, device, dist, out_dir: Path) -> dict:
     from minllama.classify.builders import FINETUNING, ClassifierChoice
 
     return classify(args, device, dist, out_dir, lambda choice: None if args.option == "prompt" else FINETUNING,
-                    lambda checkpoint, num_labels, recorded: ClassifierChoice(
-                        args.option, checkpoint, num_labels, args.hidden_dropout_prob, args.norm,
-                        dropout=args.dropout))
+                    lambda checkpoint, num_labels, trained: ClassifierChoice(
+                        args.option, checkpoint, num_labels, args.hidden_dropout_prob,
+                        trained.get("norm_type", args.norm), dropout=args.dropout))
 
 
 def read_checkpoint_in(args, label_names: list[str], labels_path) -> dict:
@@ -67,14 +67,16 @@ def classify(args, device, dist, out_dir: Path, training_for, make_choice, *, bu
              method=None, save_merged=False, early_stop_on="accuracy", after_training=None) -> dict:
     """Read the splits, build the ClassificationRun, classify, and name the summary file.
 
-    make_choice(checkpoint, num_labels, recorded) gives the run's choice (`recorded`: what a
-    --checkpoint_in was trained with), training_for(choice) what trains in it (None: nothing); the A+ methods add their builder, their demonstrations
-    (demonstrations(paths) -> K solved examples), the output word, and a step after training."""
+    make_choice(checkpoint, num_labels, trained) gives the run's choice (`trained`: the choice
+    fields a --checkpoint_in was trained with, {} without one), training_for(choice) what trains in
+    it. The A+ methods add their builder, their demonstrations (demonstrations(paths) -> K solved
+    examples), the output word, and a step after training."""
+    from minllama.classify.builders import recorded_choice
     from minllama.classify.classification import ClassificationRun, run_classification
 
     paths = data_paths(args)
     label_names = read_label_names(paths["labels"])
-    recorded = read_checkpoint_in(args, label_names, paths["labels"])
+    trained = recorded_choice(read_checkpoint_in(args, label_names, paths["labels"]))
     option, dataset = args.option, dataset_name(paths["dev"])
     method = method or output_name(option)
     splits = {}
@@ -86,8 +88,8 @@ def classify(args, device, dist, out_dir: Path, training_for, make_choice, *, bu
     if args.patience is not None and "train" in splits and has_placeholder_labels(paths["dev"]):
         raise RunError(f"--patience needs real dev labels, but those of {paths['dev']} are placeholders")
 
-    checkpoint = resolve_checkpoint(args.pretrained_model_path or recorded.get("args", {}).get("pretrained_model_path"))
-    choice = make_choice(checkpoint, len(label_names), recorded)
+    checkpoint = resolve_checkpoint(args.pretrained_model_path or trained.get("checkpoint"))
+    choice = make_choice(checkpoint, len(label_names), trained)
     if shots:
         from dataclasses import replace
 
@@ -97,7 +99,7 @@ def classify(args, device, dist, out_dir: Path, training_for, make_choice, *, bu
         max_sentence_len=args.max_sentence_len, epochs=args.epochs, settings=loop_settings(args, "classification"),
         seed=args.seed, checkpoint_out=Path(args.checkpoint_out) if args.checkpoint_out else
         out_dir / f"{option}-{args.epochs}-{args.lr}.pt", checkpoint_in=args.checkpoint_in,
-        save_merged=save_merged, record={**vars(args), "pretrained_model_path": str(checkpoint)},
+        save_merged=save_merged,
         training=training_for(choice), **({"build": build} if build else {}),
         early_stop_on=early_stop_on, after_training=after_training)
     print(f"loading {checkpoint} ...")

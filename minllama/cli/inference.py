@@ -109,7 +109,8 @@ def run_chat(args, device) -> dict:
     model, tokenizer = load_for_inference(args, device)
     try:
         chat(model, tokenizer, message=args.message, system=args.system, max_new_tokens=args.max_new_tokens,
-             temperature=args.temperature, epsilon=0.0, top_k=args.top_k, top_p=0.9 if args.top_p is None else args.top_p)
+             temperature=args.temperature, epsilon=0.0, top_k=args.top_k,
+             top_p=0.9 if args.top_p is None else args.top_p)
     except (ChatTemplateError, ValueError) as error:
         raise RunError(str(error)) from None
     return {}

@@ -25,18 +25,13 @@ def check(args) -> None:
         raise RunError("--save_merged merges LoRA adapters or IA3 vectors: use it with --option lora or ia3")
 
 
-def lora_shape(args, recorded: dict) -> dict:
-    """The adapters' rank and alpha: a --checkpoint_in's own, else the flags'."""
-    lora = recorded.get("lora") or {"rank": args.lora_rank, "alpha": args.lora_alpha}
-    return {"lora_rank": lora["rank"], "lora_alpha": lora["alpha"]}
-
-
 def run(args, device, dist, out_dir: Path) -> dict:
     from minllama.classify.builders import ClassifierChoice
     from minllama.classify.lora_training import LORA
 
     return classify(args, device, dist, out_dir, lambda choice: LORA,
-                    lambda checkpoint, num_labels, recorded: ClassifierChoice(
-                        args.option, checkpoint, num_labels, args.hidden_dropout_prob, args.norm,
-                        dropout=args.dropout, **lora_shape(args, recorded)),
+                    lambda checkpoint, num_labels, trained: ClassifierChoice(
+                        args.option, checkpoint, num_labels, args.hidden_dropout_prob,
+                        trained.get("norm_type", args.norm), trained.get("lora_rank", args.lora_rank),
+                        trained.get("lora_alpha", args.lora_alpha), args.dropout),
                     save_merged=args.save_merged)

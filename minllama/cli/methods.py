@@ -12,10 +12,6 @@ from minllama.training.data import check_labels, has_placeholder_labels, read_ex
 from support.adapters import parse_targets
 
 TRAINED = ("finetune", "lora", "ia3", "prompt_tuning", "prompt_finetune")  # the classification options that train
-# The method settings a classification checkpoint was trained with: --checkpoint_in rebuilds its
-# model with them, whatever the command line says.
-TRAINED_WITH = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "n_virtual_tokens", "prompt_init", "seed",
-                "peft", "head_init")
 
 
 def add_flags(parser) -> None:
@@ -91,21 +87,23 @@ def check(args) -> None:
 
 
 def run(args, device, dist, out_dir: Path) -> dict:
+    from minllama.classify.builders import SHAPE_FIELDS
     from minllama.classify.method_builders import (DEFAULT_LORA_TARGETS, MethodChoice, build_method_classifier,
                                                    training_for)
 
-    def make_choice(checkpoint, num_labels, recorded) -> MethodChoice:
-        trained_with = {flag: getattr(args, flag) for flag in TRAINED_WITH}
-        trained_with.update({flag: value for flag, value in recorded.get("args", {}).items() if flag in TRAINED_WITH})
-        lora = recorded.get("lora") or {"rank": trained_with["lora_rank"], "alpha": trained_with["lora_alpha"]}
-        targets = trained_with["lora_targets"]
-        return MethodChoice(args.option, checkpoint, num_labels, args.hidden_dropout_prob, args.norm,
-                            lora["rank"], lora["alpha"], args.dropout, dtype=args.dtype, quantize=args.quantize,
-                            lora_targets=DEFAULT_LORA_TARGETS if targets == "attention" else parse_targets(targets),
-                            lora_dropout=trained_with["lora_dropout"], n_virtual_tokens=trained_with["n_virtual_tokens"],
-                            prompt_init=trained_with["prompt_init"], seed=trained_with["seed"],
-                            calibrate=args.calibrate, chat_template=args.chat_template, peft=trained_with["peft"],
-                            head_init=trained_with["head_init"], mixout=args.mixout)
+    def make_choice(checkpoint, num_labels, trained) -> MethodChoice:
+        """The flags' choice; what shapes the trained tensors comes from a --checkpoint_in's record."""
+        shape = {flag: trained.get(flag, getattr(args, flag)) for flag in SHAPE_FIELDS}
+        targets = shape["lora_targets"]  # a tuple in a record, the flag's text in an older checkpoint
+        if isinstance(targets, str):
+            targets = DEFAULT_LORA_TARGETS if targets == "attention" else parse_targets(targets)
+        return MethodChoice(args.option, checkpoint, num_labels, args.hidden_dropout_prob,
+                            trained.get("norm_type", args.norm), shape["lora_rank"], shape["lora_alpha"], args.dropout,
+                            dtype=args.dtype, quantize=args.quantize, lora_targets=tuple(targets),
+                            lora_dropout=shape["lora_dropout"], n_virtual_tokens=shape["n_virtual_tokens"],
+                            prompt_init=shape["prompt_init"], seed=shape["seed"], calibrate=args.calibrate,
+                            chat_template=args.chat_template, peft=shape["peft"], head_init=shape["head_init"],
+                            mixout=args.mixout)
 
     sweep = WiseFTSweep(tuple(parse_alphas(args.wise_ft))) if args.wise_ft is not None else None
     if sweep is not None and has_placeholder_labels(data_paths(args)["dev"]):

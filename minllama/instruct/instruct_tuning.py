@@ -63,7 +63,6 @@ class InstructionTuning:
     settings: LoopSettings
     seed: int
     checkpoint_out: Path
-    record: dict  # the command line, stored in the checkpoint
 
 
 def build_model(run: InstructionTuning):
@@ -301,8 +300,9 @@ def run_instruction_tuning(run: InstructionTuning, tokenizer, device, dist: Dist
     steps_per_epoch = math.ceil(len(examples) / run.batch_size)
     settings = replace(run.settings, max_steps=run.settings.max_steps or run.epochs * steps_per_epoch,
                        eval_every=run.settings.eval_every or steps_per_epoch)
-    info = {"option": "instruct_tune", "peft": run.peft, "args": run.record, "label_names": run.label_names,
-            "lora": {"rank": run.lora_rank, "alpha": run.lora_alpha} if run.peft == "lora" else None}
+    info = {"option": "instruct_tune", "label_names": run.label_names,
+            "tuning": {"checkpoint": str(run.checkpoint), "model_overrides": run.model_overrides, "peft": run.peft,
+                       "lora_rank": run.lora_rank, "lora_alpha": run.lora_alpha}}
     dev = run.splits.get("dev")
     hooks = InstructionHooks(llama, scorer, dev, prompts.get("dev"), run.batch_size, tokenizer.pad_id, device,
                              steps_per_epoch, run.checkpoint_out, info, dist)

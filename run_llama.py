@@ -134,7 +134,7 @@ def main(argv=None) -> int:
             print(f"wrote {summary_out}")
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr)
-        return 130
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130

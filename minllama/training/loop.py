@@ -42,7 +42,12 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """Ctrl-C: the driver saved what it keeps; the message says what and how to go on."""
+    """Ctrl-C or SIGTERM: the driver saved what it keeps; the message says what and how to go on.
+    `exit_code` is the shell's for the signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signal_number: int = signal.SIGINT):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
 
 
 @dataclass
@@ -182,12 +187,19 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
 @contextmanager
 def interrupt_at_step_end():
     """Ctrl-C during training asks the loop to stop after the current step, so weights and
-    optimizer are never caught half-updated; a second Ctrl-C stops at once. Yields a dict whose
-    "requested" turns True. (Signal handlers belong to the main thread; elsewhere this does nothing.)"""
-    flag = {"requested": False, "at": 0.0}
+    optimizer are never caught half-updated; a second Ctrl-C stops at once. SIGTERM, what
+    schedulers, containers, `timeout` and torchrun (forwarding its own) send before they kill,
+    is handled the same way: the step finishes and the driver saves. (torchrun waits 30 s before
+    it kills, so a step must finish in that time.) Yields a dict whose "requested" turns True and
+    whose "signal" says which signal asked. (Signal handlers belong to the main thread; elsewhere
+    this does nothing.)"""
+    flag = {"requested": False, "at": 0.0, "signal": signal.SIGINT}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -197,14 +209,15 @@ def interrupt_at_step_end():
             if time.monotonic() - flag["at"] > 1.0:  # torchrun forwards the terminal's Ctrl-C again at once
                 raise KeyboardInterrupt
             return
-        flag["requested"], flag["at"] = True, time.monotonic()
-        print("\nstopping after this step (Ctrl-C again to stop at once) ...", flush=True)
+        flag["requested"], flag["at"], flag["signal"] = True, time.monotonic(), signum
+        print(f"\n{STOP_SIGNALS[signum]}: stopping after this step (Ctrl-C again to stop at once) ...", flush=True)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def train(model, objective, batch_at, settings: LoopSettings, hooks: RunHooks, device: torch.device,
@@ -271,7 +284,7 @@ def train(model, objective, batch_at, settings: LoopSettings, hooks: RunHooks, d
         finally:
             progress.close()
     if interrupt["requested"] and state.step < settings.max_steps and not stopped_early:
-        raise TrainingInterrupted(hooks.on_interrupt(state, optimizer))
+        raise TrainingInterrupted(hooks.on_interrupt(state, optimizer), interrupt["signal"])
     return state
 
 

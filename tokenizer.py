@@ -31,7 +31,8 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as BPETokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
-from support.checkpoints import GGUF_MAGIC, CheckpointError, checkpoint_format, gguf_metadata, open_gguf
+from support.checkpoints import (GGUF_MAGIC, CheckpointError, checkpoint_format, gguf_metadata, load_torch_file,
+                                 open_gguf)
 from utils import REPO_ROOT, atomic_path, require_file
 
 TOKENIZER_MODEL = REPO_ROOT / "tokenizer.model"
@@ -265,7 +266,7 @@ def tokenizer_for_checkpoint(checkpoint, max_len: int | None = None) -> Tokenize
     if kind in ("gguf", "hf"):
         return Tokenizer(max_len, tokenizer_model=path)
     if kind == "torch":
-        record = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("tokenizer")
+        record = load_torch_file(path, mmap=True).get("tokenizer")
         if record is not None:
             return Tokenizer.from_record(record, max_len)
     return Tokenizer(max_len)

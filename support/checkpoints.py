@@ -96,13 +96,20 @@ LLAMA2C_NAMES = {
 COMPILED_PREFIX = "_orig_mod."  # torch.compile wraps the model; its state dict keeps the wrapper's prefix
 
 
-def _read_torch(path: Path):
+def load_torch_file(path, mmap: bool = False):
+    """The one way every `torch.save` file of this repository is read back (models, pre-training's
+    last.pt, classification and instruction checkpoints, tokenizer records): onto the CPU, with
+    weights_only (unpickle tensors and builtins only, never run code from the file), and a damaged
+    file named in one line instead of a traceback from the zip reader."""
     try:
-        # weights_only: unpickle tensors and builtins only, never run code from the file.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # truncated zip, garbage pickle, disallowed objects: all unreadable
         raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint "
                               f"(truncated or corrupt?): {type(error).__name__}: {error}") from None
+
+
+def _read_torch(path: Path):
+    checkpoint = load_torch_file(path)
     if not (isinstance(checkpoint, dict) and "model_args" in checkpoint and isinstance(checkpoint.get("model"), dict)):
         found = f"keys {list(checkpoint)[:5]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
         raise CheckpointError(f"{path}: expected a dict with 'model_args' and a 'model' state dict "

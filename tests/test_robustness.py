@@ -29,7 +29,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
+def private_cache(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("MINLLAMA_CACHE", str(tmp_path / "cache"))
 
 
@@ -97,3 +97,34 @@ def test_sigterm_to_torchrun_stops_both_processes_after_the_same_step_and_saves(
     saved = torch.load(out / "last.pt", weights_only=True)
     assert saved["step"] == max(logged_steps(out)) >= 3
     assert f"interrupted after step {saved['step']}: saved" in err and "--resume" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Every checkpoint is read through the one path that names a damaged file
+
+
+def truncated_copy(path: Path, to: Path) -> Path:
+    data = path.read_bytes()
+    to.write_bytes(data[:len(data) * 2 // 3])
+    return to
+
+
+def test_resume_from_a_truncated_last_pt_says_so(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert pretrain(corpus, out, "--max_steps", 2) == 0
+    truncated_copy(out / "last.pt", out / "last.pt")
+    assert pretrain(corpus, out, "--max_steps", 2, "--resume") == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'last.pt'}: cannot read it as a PyTorch checkpoint (truncated or corrupt?)" in err
+
+
+def test_checkpoint_in_a_truncated_lora_checkpoint_says_so(tmp_path, data, tiny_model, tokenizer_model_path, capsys):
+    from testkit import sst_args
+
+    damaged = truncated_copy(Path(__file__).parent / "data" / "lora-checkpoint-with-flags.pt", tmp_path / "lora.pt")
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "lora", "--checkpoint_in", str(damaged),
+                    "--skip_test", "--out_dir", str(tmp_path))
+    assert run_llama.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{damaged}: cannot read it as a PyTorch checkpoint (truncated or corrupt?)" in err
+    assert "Traceback" not in err

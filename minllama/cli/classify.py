@@ -47,13 +47,13 @@ def run(args, device, dist, out_dir: Path) -> dict:
 
 def read_checkpoint_in(args, label_names: list[str], labels_path) -> dict:
     """What --checkpoint_in was trained with ({} without it): its option and labels must be these."""
-    import torch
+    from support.checkpoints import load_torch_file
 
     if args.checkpoint_in is None:
         return {}
     if not Path(args.checkpoint_in).is_file():
         raise RunError(f"--checkpoint_in: {args.checkpoint_in} not found")
-    recorded = torch.load(args.checkpoint_in, map_location="cpu", weights_only=True, mmap=True)
+    recorded = load_torch_file(args.checkpoint_in, mmap=True)
     if recorded.get("option") != args.option:
         raise RunError(f"--checkpoint_in {args.checkpoint_in} was trained with --option "
                        f"{recorded.get('option')}, not {args.option}")

@@ -29,6 +29,7 @@ from minllama.training.data import (InputError, check_long_enough, corpus_docume
 from minllama.training.loop import Distributed, LoopSettings, LoopState, RunHooks, autocast, train
 from minllama.training.objectives import LanguageModelLoss
 from minllama.training.run_log import MetricsLog, plot_losses, write_summary
+from support.checkpoints import load_torch_file
 from tokenizer import Tokenizer, tokenizer_for_checkpoint, train_sentencepiece
 from utils import atomic_path
 
@@ -123,7 +124,7 @@ def read_resume(out_dir: Path) -> dict:
     path = out_dir / "last.pt"
     if not path.is_file():
         raise InputError(f"--resume: {path} not found (a run writes it at every evaluation and on Ctrl-C)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch_file(path)
 
 
 def check_resumable(checkpoint: dict, path: Path, model: Llama, requested: Tokenizer) -> None:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from minllama.training.data import Example, InputError, collate, has_placeholder_labels, length_sorted_batches
 from minllama.training.loop import Distributed, RunHooks, autocast
+from support.checkpoints import load_torch_file
 from utils import atomic_path, write_atomically
 
 
@@ -101,7 +102,7 @@ def save_checkpoint(path, model, config, info: dict) -> None:
 
 def load_checkpoint(path, model) -> dict:
     """Put a save_checkpoint file's trained tensors back into `model` (built the same way); strict."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(path)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     saved = checkpoint["model"]
     if params.keys() != saved.keys():

@@ -26,7 +26,7 @@ from minllama.cli.common import (LOOP_DEFAULTS, RunError, check_fraction, check_
 from minllama.training.data import InputError
 from support.course import OPTION_HELP, families_here, family_running, options_here
 from support.errors import CheckpointError
-from utils import MissingAssetError, write_atomically
+from utils import MissingAssetError, NoSpaceError, write_atomically
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, list]:
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
-    except (InputError, MissingAssetError, CheckpointError, TrainingDiverged) as error:
+    except (InputError, MissingAssetError, CheckpointError, TrainingDiverged, NoSpaceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if dist.is_main:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import atomic_path, cache_dir
+from utils import cache_dir, save_atomically
 
 FORMAT_VERSION = 2  # bump when the stored layout changes: old entries are then ignored
 
@@ -101,12 +101,11 @@ def _decode(path: Path) -> dict:
 
 def _write_atomically(record: dict, stored: Path) -> None:
     """Write to a temporary file beside the entry, then rename: a reader never sees half a file.
-    A cache that cannot be written (read-only home, full disk) is skipped, not an error."""
+    A cache that cannot be written (read-only home, full disk) is skipped with a note, not an error."""
     try:
-        with atomic_path(stored) as temporary:
-            torch.save(record, temporary)
-    except OSError:
-        pass
+        save_atomically(record, stored)
+    except OSError as error:
+        print(f"note: the decoded GGUF is not kept in the cache ({error}); MINLLAMA_CACHE=off skips it")
 
 
 def _from_record(record: dict) -> DecodedGGUF:

@@ -128,3 +128,70 @@ def test_checkpoint_in_a_truncated_lora_checkpoint_says_so(tmp_path, data, tiny_
     err = capsys.readouterr().err
     assert f"{damaged}: cannot read it as a PyTorch checkpoint (truncated or corrupt?)" in err
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. A full disk: one line naming the file and the size it needed; what was written before is kept.
+# The faults are the kernel's own: writes to /dev/full fail with ENOSPC (the temporary file a write
+# goes through is made a link to it), and past `ulimit -f` with EFBIG (in a child process).
+
+
+def full_device_at(path: Path) -> Path:
+    """Make the next atomic write of `path` by this process land on /dev/full."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.parent.mkdir(parents=True, exist_ok=True)
+    temporary.symlink_to("/dev/full")
+    return temporary
+
+
+def test_a_full_disk_during_pretraining_names_the_file_and_keeps_best_pt(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    full_device_at(out / "last.pt")
+    assert pretrain(corpus, out, "--max_steps", 2, "--eval_every", 1) == 1
+    err = capsys.readouterr().err
+    assert f"error: no space left on the device writing {out / 'last.pt'} (0.3 MB needed); {out / 'best.pt'} kept" \
+        in err, err
+    torch.load(out / "best.pt", weights_only=True)  # whole
+    assert not (out / "last.pt").exists() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("writer", ["text", "checkpoint", "metrics"])
+def test_every_writer_reports_a_full_disk_in_one_line(tmp_path, writer):
+    from minllama.training.run_log import MetricsLog
+    from utils import NoSpaceError, save_atomically, write_atomically
+
+    path = tmp_path / "out.file"
+    path.write_text("the earlier file")
+    if writer == "metrics":
+        log = MetricsLog(tmp_path)
+        log.path.unlink()
+        log.path.symlink_to("/dev/full")
+    else:
+        full_device_at(path)
+    with pytest.raises(NoSpaceError) as raised:
+        {"text": lambda: write_atomically(path, "x" * 2_000_000),
+         "checkpoint": lambda: save_atomically({"w": torch.zeros(500_000)}, path),
+         "metrics": lambda: log.write({"step": 1, "loss": 2.0})}[writer]()
+    target = log.path if writer == "metrics" else path
+    assert str(raised.value).startswith(f"no space left on the device writing {target} (")
+    if writer != "metrics":
+        assert "(2.0 MB needed)" in str(raised.value) and path.read_text() == "the earlier file"
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_in_a_child_process_is_reported_and_best_pt_kept(tmp_path, corpus):
+    """`ulimit -f`: the kernel refuses to grow a file past 200 KB (EFBIG): best.pt (0.1 MB) fits,
+    last.pt with the optimizer's state (0.3 MB) does not."""
+    import resource
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel's SIGXFSZ kills the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "run"
+    child = start_child(pretrain_args(corpus, out, "--max_steps", 2, "--eval_every", 1), preexec_fn=limit_file_size)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 1, err
+    assert f"error: the file size limit (ulimit -f) was reached writing {out / 'last.pt'} (0.3 MB needed); " \
+           f"{out / 'best.pt'} kept" in err and "Traceback" not in err
+    torch.load(out / "best.pt", weights_only=True)

@@ -22,7 +22,7 @@ from minllama.training.objectives import ClassificationLoss
 from minllama.training.supervised import (KeptCheckpointHooks, Split, load_checkpoint, predict, report_split, score,
                                           write_predictions)
 from support.adapters import count_parameters
-from utils import atomic_path
+from utils import save_atomically
 
 
 def save_merged(model, merge, tokenizer, path: Path) -> None:
@@ -31,9 +31,8 @@ def save_merged(model, merge, tokenizer, path: Path) -> None:
     readable by load_pretrained."""
     merge(model.llama)
     state = {name: t.detach().cpu() for name, t in model.llama.state_dict().items()}
-    with atomic_path(path) as temporary:
-        torch.save({"model_args": model.llama.config.to_dict(), "model": state, "tokenizer": tokenizer.to_record(),
-                    "classifier_head": {k: v.cpu() for k, v in model.classifier_head.state_dict().items()}}, temporary)
+    save_atomically({"model_args": model.llama.config.to_dict(), "model": state, "tokenizer": tokenizer.to_record(),
+                     "classifier_head": {k: v.cpu() for k, v in model.classifier_head.state_dict().items()}}, path)
     print(f"wrote the merged model {path}")
 
 

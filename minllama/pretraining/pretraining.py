@@ -31,7 +31,7 @@ from minllama.training.objectives import LanguageModelLoss
 from minllama.training.run_log import MetricsLog, plot_losses, write_summary
 from support.checkpoints import load_torch_file
 from tokenizer import Tokenizer, tokenizer_for_checkpoint, train_sentencepiece
-from utils import atomic_path
+from utils import NoSpaceError, save_atomically
 
 SAMPLE_TOKENS = 64
 
@@ -199,8 +199,11 @@ class PretrainHooks(RunHooks):
                               rng_state=torch.get_rng_state())
             if self.device.type == "cuda":
                 checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state(self.device)
-        with atomic_path(path) as temporary:
-            torch.save(checkpoint, temporary)
+        try:
+            save_atomically(checkpoint, path)
+        except NoSpaceError as error:  # the file written before is still whole: say which
+            best = self.out_dir / "best.pt"
+            raise NoSpaceError(f"{error}; {best} kept" if best.is_file() else str(error)) from None
 
 
 def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSettings, out_dir: Path, resume: bool,

@@ -4,7 +4,7 @@
 import json
 from pathlib import Path
 
-from utils import atomic_path, write_atomically
+from utils import atomic_path, reported_when_full, write_atomically
 
 
 class MetricsLog:
@@ -20,8 +20,9 @@ class MetricsLog:
             write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        with reported_when_full(self.path, len(line)), open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
 
     def records(self) -> list[dict]:
         if not self.path.is_file():

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from minllama.training.data import Example, InputError, collate, has_placeholder_labels, length_sorted_batches
 from minllama.training.loop import Distributed, RunHooks, autocast
 from support.checkpoints import load_torch_file
-from utils import atomic_path, write_atomically
+from utils import save_atomically, write_atomically
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,7 @@ def save_checkpoint(path, model, config, info: dict) -> None:
     (all, or the adapters and a head) with what rebuilds the model around them. Tensors and builtins
     only, which torch.load(..., weights_only=True) reads (upstream pickled an argparse.Namespace).
     `model` is a classifier or a bare Llama; `config` is its Llama's LlamaConfig."""
-    with atomic_path(path) as temporary:
-        torch.save({"model": trained_state(model), "model_config": config.to_dict(), **info}, temporary)
+    save_atomically({"model": trained_state(model), "model_config": config.to_dict(), **info}, path)
 
 
 def load_checkpoint(path, model) -> dict:

@@ -195,3 +195,52 @@ def test_a_file_size_limit_in_a_child_process_is_reported_and_best_pt_kept(tmp_p
     assert f"error: the file size limit (ulimit -f) was reached writing {out / 'last.pt'} (0.3 MB needed); " \
            f"{out / 'best.pt'} kept" in err and "Traceback" not in err
     torch.load(out / "best.pt", weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. A resume continues the same run: changes are refused by flag unless --allow_changed names them
+
+
+def test_resume_refuses_changed_settings_unless_allowed_and_says_where_it_stands(tmp_path, corpus, capsys):
+    out, flags = tmp_path / "run", ["--max_steps", 4, "--eval_every", 2, "--lr", 1e-3]
+    assert pretrain(corpus, out, *flags) == 0
+    same_characters = tmp_path / "other.txt"  # the same characters (the same char vocabulary), another text
+    same_characters.write_text("".join(reversed(corpus.read_text().splitlines(keepends=True))), encoding="utf-8")
+    capsys.readouterr()
+
+    assert pretrain(corpus, out, *flags, "--resume", "--lr", 5e-3) == 1
+    err = capsys.readouterr().err
+    assert "--lr was 0.001, this command says 0.005" in err and "--allow_changed lr" in err
+    assert pretrain(same_characters, out, *flags, "--resume") == 1
+    assert "--allow_changed corpus" in capsys.readouterr().err
+    assert pretrain(corpus, out, *flags, "--resume", "--allow_changed", "bogus") == 1
+    assert "--allow_changed bogus: not a setting of the run" in capsys.readouterr().err
+
+    assert pretrain(corpus, out, *flags, "--resume") == 0  # nothing changed, nothing left to do
+    assert f"the run in {out} is finished: step 4 of 4" in capsys.readouterr().out
+
+    assert pretrain(corpus, out, "--max_steps", 6, "--eval_every", 2, "--lr", 5e-3, "--resume",
+                    "--allow_changed", "lr,min_lr,max_steps") == 0  # min_lr: lr / 10 by default
+    printed = capsys.readouterr().out
+    assert "resuming from step 4 of 6" in printed and "--lr changes from 0.001 to 0.005" in printed
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["step"] == 6 and last["run_record"]["settings"]["lr"] == 5e-3
+    assert {"step": 4, "flag": "lr", "from": 1e-3, "to": 5e-3} in last["run_record"]["changes"]
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Output folders: a folder holding another run is refused; one run at a time in a folder
+
+
+def test_a_new_run_into_a_folder_holding_another_is_refused_unless_overwrite(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert pretrain(corpus, out, "--max_steps", 2, "--lr", 1e-3) == 0
+    best = (out / "best.pt").read_bytes()
+    assert pretrain(corpus, out, "--max_steps", 2, "--lr", 1e-3) == 0  # the same run again: allowed
+    assert "holds a run with the same settings" in capsys.readouterr().out
+    assert pretrain(corpus, out, "--max_steps", 3, "--lr", 2e-3) == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'last.pt'} holds another pre-training run" in err and "--max_steps was 2" in err
+    assert "--resume" in err and "--overwrite" in err and (out / "best.pt").read_bytes() == best
+    assert pretrain(corpus, out, "--max_steps", 3, "--lr", 2e-3, "--overwrite") == 0
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 3

@@ -27,6 +27,12 @@ def add_flags(parser) -> None:
         lm.add_argument(f"--{flag}", choices=choices, default=None, help=f"default: {choices[0]}, Llama 2's")
     lm.add_argument("--eval_batches", type=int, default=20, help="validation batches per evaluation")
     lm.add_argument("--resume", action="store_true", help="continue the run in --out_dir from its last.pt")
+    lm.add_argument("--allow_changed", default=None, metavar="FLAG[,FLAG]",
+                    help="with --resume: the settings it may change on purpose (e.g. lr,max_steps); any other "
+                         "change to the run is refused")
+    lm.add_argument("--overwrite", action="store_true",
+                    help="pretrain, instruct_tune: replace the run of other settings that --out_dir holds "
+                         "(without it, such a folder is refused)")
     lm.add_argument("--cache_dir", default=None,
                     help="token cache (default: $MINLLAMA_CACHE, else ~/.cache/minllama; MINLLAMA_CACHE=off: none)")
 
@@ -36,6 +42,13 @@ def check(args) -> None:
     if args.tokenizer == "char" and args.option != "pretrain":
         raise RunError("--tokenizer char builds a vocabulary from the corpus: it is for --option pretrain "
                        "(a model trained with it carries its tokenizer)")
+    if args.allow_changed is not None and not args.resume:
+        raise RunError("--allow_changed names the settings a --resume may change: give --resume too")
+    if args.resume and args.overwrite:
+        raise RunError("--resume continues the run in --out_dir, --overwrite replaces it: give one of them")
+    if args.overwrite and args.option not in ("pretrain", "instruct_tune"):
+        raise RunError("--overwrite is for --option pretrain and instruct_tune (classification always replaces "
+                       "its files, and says which)")
     if args.option != "pretrain":
         if any(getattr(args, flag) for flag in ARCHITECTURE_CHOICES):
             raise RunError(f"{'/'.join('--' + f for f in ARCHITECTURE_CHOICES)} shape a new model: "
@@ -57,7 +70,8 @@ def check(args) -> None:
 
 
 def run(args, device, dist, out_dir: Path) -> dict:
-    from minllama.pretraining.pretraining import ModelChoice, PretrainData, run_pretraining
+    from minllama.pretraining.pretraining import ModelChoice, PretrainData, RunFolder, run_pretraining
+    from minllama.training.run_record import parse_allowed
 
     fields = dict(PRESETS.get(args.preset, {}))
     fields.update({flag: getattr(args, flag) for flag in (*ARCHITECTURE_FLAGS, *ARCHITECTURE_CHOICES)
@@ -84,5 +98,6 @@ def run(args, device, dist, out_dir: Path) -> dict:
                             val_corpus=Path(args.val_corpus) if args.val_corpus else None, window=window,
                             batch_size=args.batch_size, eval_batches=args.eval_batches,
                             cache_dir=Path(folder) / "tokens", seed=args.seed)
-        summary = run_pretraining(data, choice, settings, out_dir, args.resume, device, dist)
+        folder_use = RunFolder(args.resume, args.overwrite, parse_allowed(args.allow_changed))
+        summary = run_pretraining(data, choice, settings, out_dir, folder_use, device, dist)
     return {**summary, "summary_out": None}  # pretraining wrote its own summary.json

@@ -29,6 +29,7 @@ from minllama.training.data import (InputError, check_long_enough, corpus_docume
 from minllama.training.loop import Distributed, LoopSettings, LoopState, RunHooks, autocast, train
 from minllama.training.objectives import LanguageModelLoss
 from minllama.training.run_log import MetricsLog, plot_losses, write_summary
+from minllama.training.run_record import check_folder_free, check_resume, text_sha256
 from support.checkpoints import load_torch_file
 from tokenizer import Tokenizer, tokenizer_for_checkpoint, train_sentencepiece
 from utils import NoSpaceError, save_atomically
@@ -47,6 +48,43 @@ class PretrainData:
     eval_batches: int
     cache_dir: Path
     seed: int
+
+
+@dataclass(frozen=True)
+class PretrainRecord:
+    """The settings that make a pre-training run what it is (run_record.py): recorded in last.pt,
+    checked on --resume and before a new run replaces a folder's run. The model's shape and its
+    tokenizer are checked apart (check_resumable)."""
+    corpus_sha256: str
+    val_corpus_sha256: str | None
+    max_seq_len: int
+    batch_size: int
+    seed: int
+    max_steps: int
+    lr: float
+    lr_schedule: str
+    warmup_steps: int
+    min_lr: float
+    weight_decay: float
+    beta2: float
+    max_grad_norm: float | None
+
+    @classmethod
+    def of(cls, documents: list[str], val_documents: list[str] | None, data: "PretrainData",
+           settings: LoopSettings) -> "PretrainRecord":
+        return cls(text_sha256(documents), text_sha256(val_documents) if val_documents is not None else None,
+                   data.window, data.batch_size, data.seed, settings.max_steps, settings.lr, settings.lr_schedule,
+                   settings.warmup_steps, settings.min_lr, settings.weight_decay, settings.betas[1],
+                   settings.max_grad_norm)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """What to do with the run already in the output folder: continue it (`resume`, allowing the
+    changes `allow_changed` names), replace it (`overwrite`), or neither (refuse one of other settings)."""
+    resume: bool = False
+    overwrite: bool = False
+    allow_changed: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -127,6 +165,16 @@ def read_resume(out_dir: Path) -> dict:
     return load_torch_file(path)
 
 
+def check_folder(out_dir: Path, record: PretrainRecord) -> None:
+    """A new run may not replace another run's files in out_dir without --overwrite."""
+    last = out_dir / "last.pt"
+    if last.is_file():
+        recorded = load_torch_file(last, mmap=True).get("run_record", {}).get("settings")
+        check_folder_free(recorded, record, last, "pre-training")
+    elif (out_dir / "best.pt").is_file():
+        check_folder_free(None, record, out_dir / "best.pt", "pre-training")
+
+
 def check_resumable(checkpoint: dict, path: Path, model: Llama, requested: Tokenizer) -> None:
     """The run being resumed must have the same tokenizer and the same architecture."""
     saved_tokenizer = Tokenizer.from_record(checkpoint["tokenizer"])
@@ -146,10 +194,10 @@ class PretrainHooks(RunHooks):
     metric = "val_loss"
 
     def __init__(self, model, tokenizer, val_batches, chars_per_token, out_dir: Path, log: MetricsLog | None,
-                 device, dist: Distributed, sample_prompt: list[int], summary: dict):
+                 device, dist: Distributed, sample_prompt: list[int], summary: dict, run_record: dict):
         self.model, self.tokenizer, self.val_batches = model, tokenizer, val_batches
         self.chars_per_token, self.out_dir, self.log, self.device, self.dist = chars_per_token, out_dir, log, device, dist
-        self.sample_prompt, self.summary = sample_prompt, summary
+        self.sample_prompt, self.summary, self.run_record = sample_prompt, summary, run_record
 
     @torch.no_grad()
     def evaluate(self, model, step):
@@ -193,7 +241,7 @@ class PretrainHooks(RunHooks):
     def save(self, path: Path, state: LoopState, optimizer=None) -> None:
         checkpoint = {"model_args": self.model.config.to_dict(), "model": self.model.state_dict(),
                       "tokenizer": self.tokenizer.to_record(), "step": state.step, "best_val_loss": state.best,
-                      "run": self.summary}
+                      "run": self.summary, "run_record": self.run_record}
         if optimizer is not None:
             checkpoint.update(optimizer=optimizer.state_dict(), loop_state=state.to_dict(),
                               rng_state=torch.get_rng_state())
@@ -206,13 +254,28 @@ class PretrainHooks(RunHooks):
             raise NoSpaceError(f"{error}; {best} kept" if best.is_file() else str(error)) from None
 
 
-def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSettings, out_dir: Path, resume: bool,
+def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSettings, out_dir: Path, folder: RunFolder,
                     device: torch.device, dist: Distributed) -> dict:
     """Read and encode the text, build the model, train, and return the run's summary."""
     start = time.time()
     check_batch_split(data.batch_size, settings.grad_accum, dist)
-    checkpoint = read_resume(out_dir) if resume else None
+    checkpoint = read_resume(out_dir) if folder.resume else None
     documents, name = corpus_documents(data.corpus, data.sentences)
+    val_documents, val_name = corpus_documents(data.val_corpus) if data.val_corpus is not None else (None, None)
+    record = PretrainRecord.of(documents, val_documents, data, settings)
+    run_record = {"settings": asdict(record), "changes": []}
+    if checkpoint is not None:
+        step, recorded = checkpoint["step"], checkpoint.get("run_record", {})
+        changed = check_resume(recorded.get("settings"), record, folder.allow_changed, out_dir / "last.pt")
+        run_record["changes"] = recorded.get("changes", []) + [{"step": step, **change} for change in changed]
+        if step >= settings.max_steps:
+            print(f"the run in {out_dir} is finished: step {step} of {settings.max_steps}, nothing to resume "
+                  "(to train it longer, raise --max_steps and add --allow_changed max_steps)")
+            return {"finished": True, "steps": step}
+        if dist.is_main:
+            print(f"resuming from step {step} of {settings.max_steps}")
+    elif not folder.overwrite:
+        check_folder(out_dir, record)
     if checkpoint is not None and choice.train_tokenizer is not None:
         tokenizer = Tokenizer.from_record(checkpoint["tokenizer"])  # trained by the first run
     else:
@@ -222,7 +285,6 @@ def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSetti
     ids, n_unknown = encode_documents(documents, tokenizer, data.cache_dir, name)
     if data.val_corpus is not None:
         train_ids = ids
-        val_documents, val_name = corpus_documents(data.val_corpus)
         val_ids, _ = encode_documents(val_documents, tokenizer, data.cache_dir, val_name)
     else:
         train_ids, val_ids = split_train_val(ids)
@@ -248,14 +310,15 @@ def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSetti
     n_params = sum(p.numel() for p in model.parameters())
     summary = {"corpus": name, "tokenizer": tokenizer.kind, "vocab_size": tokenizer.n_words,
                "train_tokens": len(train_ids), "val_tokens": len(val_ids), "parameters": n_params,
-               "model_args": model.config.to_dict(), "settings": asdict(settings)}
+               "model_args": model.config.to_dict(), "settings": asdict(settings), "run_record": run_record}
     if dist.is_main:
         print(f"pre-training {n_params:,} parameters on {len(train_ids):,} tokens of {name} "
               f"({tokenizer.kind} tokenizer, {tokenizer.n_words} tokens; validation: {len(val_ids):,} tokens)")
     chars_per_token = len(tokenizer.decode(val_ids.tolist())) / len(val_ids)
     log = MetricsLog(out_dir, checkpoint["step"] if checkpoint else None) if dist.is_main else None
     hooks = PretrainHooks(model, tokenizer, val_batches, chars_per_token, out_dir, log, device, dist,
-                          sample_prompt=val_ids[:8].astype(int).tolist(), summary=summary)
+                          sample_prompt=val_ids[:8].astype(int).tolist(), summary=summary,
+                          run_record=run_record)
     state = LoopState(**checkpoint["loop_state"]) if checkpoint else LoopState()
     tokens_before, training_started = state.tokens_seen, time.time()
     state = train(model, LanguageModelLoss(), batch_at, settings, hooks, device, dist, state,

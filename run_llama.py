@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict
 
 from minllama.cli.common import (LOOP_DEFAULTS, RunError, check_fraction, check_positive, checked_output_folder,
-                                 choose_device)
+                                 choose_device, output_folder_lock)
 from minllama.training.data import InputError
 from support.course import OPTION_HELP, families_here, family_running, options_here
 from support.errors import CheckpointError
@@ -126,12 +126,13 @@ def main(argv=None) -> int:
         device = choose_device(args, dist)
         seed_everything(args.seed)
         family = importlib.import_module(family_running(args.option).module)
-        summary = family.run(args, device, dist, out_dir)
-        summary_out = summary.pop("summary_out", None)
-        if summary_out is not None and dist.is_main:
-            summary.update(seconds=time.time() - start, args=vars(args))
-            write_atomically(summary_out, json.dumps(plain(summary), indent=2) + "\n")
-            print(f"wrote {summary_out}")
+        with output_folder_lock(out_dir, dist):
+            summary = family.run(args, device, dist, out_dir)
+            summary_out = summary.pop("summary_out", None)
+            if summary_out is not None and dist.is_main:
+                summary.update(seconds=time.time() - start, args=vars(args))
+                write_atomically(summary_out, json.dumps(plain(summary), indent=2) + "\n")
+                print(f"wrote {summary_out}")
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr)
         return stop.exit_code

@@ -244,3 +244,50 @@ def test_a_new_run_into_a_folder_holding_another_is_refused_unless_overwrite(tmp
     assert "--resume" in err and "--overwrite" in err and (out / "best.pt").read_bytes() == best
     assert pretrain(corpus, out, "--max_steps", 3, "--lr", 2e-3, "--overwrite") == 0
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_folder_at_once_the_second_is_refused_and_a_stale_lock_is_taken_over(tmp_path, corpus,
+                                                                                              capsys):
+    out = tmp_path / "run"
+    child = start_child(pretrain_args(corpus, out, "--max_steps", 100000, "--eval_every", 100000))
+    wait_for_step(child, out, 1)
+    assert pretrain(corpus, out, "--max_steps", 2, "--overwrite") == 1
+    assert f"another run (process {child.pid}) is writing to {out}" in capsys.readouterr().err
+    child.kill()  # kill -9: nothing cleans up, the lock stays behind
+    child.communicate()
+    assert (out / ".minllama.lock").read_text().strip() == str(child.pid)
+    assert pretrain(corpus, out, "--max_steps", 2, "--overwrite") == 0
+    assert f"took over the lock {out / '.minllama.lock'} of process {child.pid}" in capsys.readouterr().out
+    assert not (out / ".minllama.lock").exists()  # released at the end
+
+
+def test_classification_replaces_its_files_and_says_which(tmp_path, data, tiny_model, tokenizer_model_path, capsys):
+    from testkit import sst_args
+
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "prompt", "--skip_test", "--out_dir",
+                    str(tmp_path))
+    assert run_llama.main(args) == 0
+    assert "replacing" not in capsys.readouterr().out
+    assert run_llama.main(args) == 0
+    assert (f"note: replacing the earlier run's {tmp_path / 'sst-dev-prompting-output.txt'}, "
+            f"{tmp_path / 'sst-prompting-output.json'}") in capsys.readouterr().out
+
+
+def test_instruction_tuning_into_a_folder_holding_another_run_is_refused_unless_overwrite(tmp_path, capsys, tiny,
+                                                                                          smollm2_path):
+    model = tiny("smol-tiny.pt", vocab_size=49152, max_seq_len=256)
+    instructions = tmp_path / "chat.jsonl"
+    instructions.write_text(json.dumps({"instruction": "Say hello.", "response": "Hello!"}) + "\n")
+
+    def instruct_tune(*extra):
+        return run_llama.main(["--option", "instruct_tune", "--peft", "ia3", "--instructions", str(instructions),
+                               "--epochs", "1", "--pretrained-model-path", str(model), "--tokenizer",
+                               str(smollm2_path), "--out_dir", str(tmp_path / "run"), *extra])
+
+    assert instruct_tune() == 0
+    assert instruct_tune("--lr", "1e-3") == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / 'instruct_tune-1-2e-05.pt'} holds another instruction-tuning run" in err
+    assert "--lr was 2e-05, this command says 0.001" in err and "--overwrite" in err
+    assert instruct_tune("--lr", "1e-3", "--overwrite") == 0

@@ -8,7 +8,7 @@ the checkpoint, the predictions and the summary, is the same for every classific
 from pathlib import Path
 
 from minllama.cli.common import (RunError, check_fraction, check_positive, data_paths, load_tokenizer, loop_settings,
-                                 prediction_splits, resolve_checkpoint, training_split)
+                                 note_replaced, prediction_splits, resolve_checkpoint, training_split)
 from minllama.training.data import dataset_name, has_placeholder_labels, read_label_names
 from support.course import output_name
 
@@ -102,9 +102,11 @@ def classify(args, device, dist, out_dir: Path, training_for, make_choice, *, bu
         save_merged=save_merged,
         training=training_for(choice), **({"build": build} if build else {}),
         early_stop_on=early_stop_on, after_training=after_training)
+    summary_out = (Path(args.summary_out) if args.summary_out else
+                   splits["dev"].predictions_out.parent / f"{dataset}-{method}-output.json")
+    note_replaced([*(split.predictions_out for split in splits.values() if split.predictions_out), summary_out,
+                   *([run.checkpoint_out] if "train" in splits else [])])
     print(f"loading {checkpoint} ...")
     tokenizer = load_tokenizer(args, checkpoint)
     summary = run_classification(run, tokenizer, device, dist)
-    summary_out = (Path(args.summary_out) if args.summary_out else
-                   splits["dev"].predictions_out.parent / f"{dataset}-{method}-output.json")
     return {**summary, "summary_out": summary_out}

@@ -6,6 +6,8 @@ objects, never the argparse namespace.
 """
 
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from minllama.training.data import (InputError, check_labels, check_mapping_size, check_vocabulary, dataset_name,
@@ -42,6 +44,71 @@ def checked_output_folder(folder) -> Path:
     except OSError as error:
         raise RunError(f"cannot write to the output folder {folder}: {error.strerror}") from None
     return folder
+
+
+LOCK_NAME = ".minllama.lock"
+
+
+@contextmanager
+def output_folder_lock(folder: Path, dist):
+    """Hold `folder`/.minllama.lock (this process's id in it) while the run writes there, so that a
+    second run into the same folder at the same time is refused rather than interleaving its
+    metrics and replacing the first's checkpoints. A lock whose process no longer runs (killed with
+    -9, a crashed machine) is stale: it is taken over. Under torchrun rank 0 holds it for all."""
+    if not dist.is_main:
+        yield
+        return
+    lock = folder / LOCK_NAME
+    while True:
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one creator wins
+            break
+        except FileExistsError:
+            holder = lock_holder(lock)
+            if holder is None:  # its creator may not have written its id yet: look again
+                time.sleep(0.2)
+                holder = lock_holder(lock)
+            if holder is not None and process_runs(holder):
+                raise RunError(f"another run (process {holder}) is writing to {folder}: wait for it to end or "
+                               f"choose another --out_dir (if no run is writing there, delete {lock})") from None
+            lock.unlink(missing_ok=True)
+            print(f"note: took over the lock {lock} of process {holder}, which no longer runs")
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    os.close(descriptor)
+    try:
+        yield
+    finally:
+        if lock_holder(lock) == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
+def lock_holder(lock: Path) -> int | None:
+    """The process id a lock file names (None: unreadable, or being written this instant)."""
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def process_runs(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything). On Windows,
+    where os.kill would end the process, every lock is taken to be held."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def note_replaced(paths) -> None:
+    """Classification writes over an earlier run's files, as upstream does: say which, in one line."""
+    replaced = [str(path) for path in paths if Path(path).is_file()]
+    if replaced:
+        print(f"note: replacing the earlier run's {', '.join(replaced)}")
 
 
 def resolve_checkpoint(path: str | None) -> Path:

@@ -49,7 +49,7 @@ def run(args, device, dist, out_dir: Path) -> dict:
         train=train, splits=splits, batch_size=args.batch_size, max_sentence_len=args.max_sentence_len,
         epochs=args.epochs, settings=loop_settings(args, "classification"), seed=args.seed,
         checkpoint_out=(Path(args.checkpoint_out) if args.checkpoint_out else
-                        out_dir / f"instruct_tune-{args.epochs}-{args.lr}.pt"))
+                        out_dir / f"instruct_tune-{args.epochs}-{args.lr}.pt"), overwrite=args.overwrite)
     print(f"loading {checkpoint} ...")
     try:
         summary = run_instruction_tuning(run, load_tokenizer(args, checkpoint), device, dist)

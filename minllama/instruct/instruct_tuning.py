@@ -22,8 +22,9 @@ label word. After training the dev and test splits are classified, in the same f
   for comparison: what a user of the chat would get. Answers that name no label count as wrong.
 """
 
+import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,9 +38,11 @@ from minllama.methods.prompting import Prompt, PromptClassifier
 from minllama.training.data import InputError, check_vocabulary, collate, epoch_rows, length_sorted_batches
 from minllama.training.loop import Distributed, LoopSettings, TrainingDiverged, autocast, train
 from minllama.training.objectives import IGNORE, LanguageModelLoss
+from minllama.training.run_record import check_folder_free, text_sha256
 from minllama.training.supervised import (KeptCheckpointHooks, Split, load_checkpoint, predict, report_split,
                                           write_predictions)
 from support.adapters import count_parameters
+from support.checkpoints import load_torch_file
 
 ANSWER_TOKENS = 16  # generate-and-parse: a label word comes first in a short answer
 
@@ -63,6 +66,30 @@ class InstructionTuning:
     settings: LoopSettings
     seed: int
     checkpoint_out: Path
+    overwrite: bool = False  # replace a checkpoint_out of other settings (else refused)
+
+
+@dataclass(frozen=True)
+class InstructRecord:
+    """The settings of an instruction-tuning run (run_record.py), kept in its checkpoint: a new run
+    of other settings does not replace it without --overwrite."""
+    checkpoint: str
+    instructions_sha256: str  # of the conversations, or of the training split asked as instructions
+    peft: str | None
+    lora_rank: int
+    lora_alpha: float
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    max_sentence_len: int | None
+
+    @classmethod
+    def of(cls, run: "InstructionTuning") -> "InstructRecord":
+        texts = ([json.dumps(messages, sort_keys=True) for messages in run.conversations] if run.conversations
+                 is not None else [f"{e.label} ||| {e.sentence}" for e in run.train.examples])
+        return cls(str(run.checkpoint), text_sha256(texts), run.peft, run.lora_rank, run.lora_alpha, run.epochs,
+                   run.settings.lr, run.batch_size, run.seed, run.max_sentence_len)
 
 
 def build_model(run: InstructionTuning):
@@ -278,6 +305,11 @@ class InstructionHooks(KeptCheckpointHooks):
 
 def run_instruction_tuning(run: InstructionTuning, tokenizer, device, dist: Distributed) -> dict:
     """Encode, train, keep the best checkpoint, classify dev and test both ways; returns the summary."""
+    record = InstructRecord.of(run)
+    earlier = {*run.checkpoint_out.parent.glob("instruct_tune-*.pt"), run.checkpoint_out}  # another --lr: another name
+    for path in sorted(p for p in earlier if p.is_file() and not run.overwrite):
+        recorded = load_torch_file(path, mmap=True).get("run_record", {}).get("settings")
+        check_folder_free(recorded, record, path, "instruction-tuning", resumable=False)
     llama = build_model(run).to(device)
     check_vocabulary(tokenizer, llama.config.vocab_size, run.checkpoint)
     template = ChatTemplate.for_tokenizer(tokenizer)
@@ -302,7 +334,8 @@ def run_instruction_tuning(run: InstructionTuning, tokenizer, device, dist: Dist
                        eval_every=run.settings.eval_every or steps_per_epoch)
     info = {"option": "instruct_tune", "label_names": run.label_names,
             "tuning": {"checkpoint": str(run.checkpoint), "model_overrides": run.model_overrides, "peft": run.peft,
-                       "lora_rank": run.lora_rank, "lora_alpha": run.lora_alpha}}
+                       "lora_rank": run.lora_rank, "lora_alpha": run.lora_alpha},
+            "run_record": {"settings": asdict(record)}}
     dev = run.splits.get("dev")
     hooks = InstructionHooks(llama, scorer, dev, prompts.get("dev"), run.batch_size, tokenizer.pad_id, device,
                              steps_per_epoch, run.checkpoint_out, info, dist)

@@ -78,7 +78,7 @@ def check_resume(recorded: dict | None, current, allowed: frozenset[str], source
     return [{"flag": flag, "from": old, "to": new} for flag, old, new in changed]
 
 
-def check_folder_free(recorded: dict | None, current, source, what: str) -> None:
+def check_folder_free(recorded: dict | None, current, source, what: str, resumable: bool = True) -> None:
     """A new run (no --resume, no --overwrite) into a folder whose `source` holds a run: refused
     unless that run had the same settings (then this one only makes it again)."""
     from minllama.training.data import InputError
@@ -87,5 +87,5 @@ def check_folder_free(recorded: dict | None, current, source, what: str) -> None
         print(f"note: {source} holds a run with the same settings: it is made again from the start")
         return
     differs = f" ({describe(changes(recorded, current))})" if recorded is not None else ""
-    raise InputError(f"{source} holds another {what} run{differs}: add --resume to continue it, --overwrite "
-                     "to replace it, or choose another --out_dir")
+    ways = "add --resume to continue it, --overwrite to replace it" if resumable else "add --overwrite to replace it"
+    raise InputError(f"{source} holds another {what} run{differs}: {ways}, or choose another --out_dir")

@@ -291,3 +291,49 @@ def test_instruction_tuning_into_a_folder_holding_another_run_is_refused_unless_
     assert f"{tmp_path / 'run' / 'instruct_tune-1-2e-05.pt'} holds another instruction-tuning run" in err
     assert "--lr was 2e-05, this command says 0.001" in err and "--overwrite" in err
     assert instruct_tune("--lr", "1e-3", "--overwrite") == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. No flag is ignored without a word
+
+
+def test_checkpoint_in_says_its_own_lora_rank_is_used(tmp_path, data, tiny_model, tokenizer_model_path, capsys):
+    from testkit import sst_args
+
+    rank_2 = Path(__file__).parent / "data" / "lora-checkpoint-with-flags.pt"  # rank 2, alpha 2
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "lora", "--checkpoint_in", str(rank_2),
+                    "--lora_rank", "8", "--skip_test", "--out_dir", str(tmp_path))
+    assert run_llama.main(args) == 0
+    assert (f"note: --checkpoint_in {rank_2} keeps the shape it was trained with; not used: --lora_rank 8 (it has 2), "
+            "--lora_alpha 1.0 (it has 2.0)") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--option", "generate", "--max_seq_len", "100000"], "--max_seq_len shape a new model for --option pretrain"),
+    (["--option", "pretrain", "--max_steps", "5", "--eval_every", "0"], "--eval_every must be positive, got 0"),
+])
+def test_flags_that_would_be_ignored_stop_the_parser(tmp_path, corpus, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_llama.main(["--corpus", str(corpus), *flags, "--out_dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_absurd_pretraining_context_is_refused_with_the_memory_it_needs(tmp_path, corpus, capsys):
+    started = time.monotonic()
+    args = [a if a != "16" else "1000000" for a in pretrain_args(corpus, tmp_path, "--max_steps", 5)]
+    assert run_llama.main(args) == 1
+    err = capsys.readouterr().err
+    assert "--max_seq_len 1000000 with 8 windows per micro-step needs about" in err and "GB for a training step" in err
+    assert time.monotonic() - started < 10 and not list(tmp_path.glob("*.pt"))
+
+
+def test_a_context_that_fits_but_is_slow_is_warned_about(capsys):
+    from config import LlamaConfig
+    from llama import Llama
+    from minllama.pretraining.step_cost import check_step_cost
+
+    model = Llama(LlamaConfig(vocab_size=40, dim=32, n_layers=2, n_heads=4, n_kv_heads=4, max_seq_len=100_000))
+    check_step_cost(model, 100_000, 8, 8, torch.device("cpu"))  # fused attention: linear memory, square work
+    assert "warning: --max_seq_len 100000 with --batch_size 8: a training step is about 6." in capsys.readouterr().out
+    check_step_cost(model, 16, 8, 8, torch.device("cpu"))
+    assert capsys.readouterr().out == ""

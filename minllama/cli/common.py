@@ -104,6 +104,20 @@ def process_runs(pid: int) -> bool:
     return True
 
 
+def checkpoint_shape(trained: dict, args, flags) -> dict:
+    """The values of the flags that shape trained tensors: a --checkpoint_in's own where it records
+    them (its tensors have that shape, whatever the flags say), with one note naming each flag of
+    this command that differs and so is not used."""
+    values = {flag: trained.get(flag, getattr(args, flag)) for flag in flags}
+    ignored = [f"--{flag} {getattr(args, flag)} (it has {values[flag]})" for flag in flags
+               if flag in trained and type(trained[flag]) is type(getattr(args, flag))
+               and trained[flag] != getattr(args, flag) and flag != "seed"]  # seed: also the data's order
+    if ignored:
+        print(f"note: --checkpoint_in {args.checkpoint_in} keeps the shape it was trained with; "
+              f"not used: {', '.join(ignored)}")
+    return values
+
+
 def note_replaced(paths) -> None:
     """Classification writes over an earlier run's files, as upstream does: say which, in one line."""
     replaced = [str(path) for path in paths if Path(path).is_file()]

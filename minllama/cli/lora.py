@@ -4,7 +4,7 @@
 from pathlib import Path
 
 from minllama.cli.classify import classify
-from minllama.cli.common import RunError, check_positive
+from minllama.cli.common import RunError, check_positive, checkpoint_shape
 
 
 def add_flags(parser) -> None:
@@ -29,9 +29,9 @@ def run(args, device, dist, out_dir: Path) -> dict:
     from minllama.classify.builders import ClassifierChoice
     from minllama.classify.lora_training import LORA
 
-    return classify(args, device, dist, out_dir, lambda choice: LORA,
-                    lambda checkpoint, num_labels, trained: ClassifierChoice(
-                        args.option, checkpoint, num_labels, args.hidden_dropout_prob,
-                        trained.get("norm_type", args.norm), trained.get("lora_rank", args.lora_rank),
-                        trained.get("lora_alpha", args.lora_alpha), args.dropout),
-                    save_merged=args.save_merged)
+    def make_choice(checkpoint, num_labels, trained) -> ClassifierChoice:
+        shape = checkpoint_shape(trained, args, ("lora_rank", "lora_alpha"))
+        return ClassifierChoice(args.option, checkpoint, num_labels, args.hidden_dropout_prob,
+                                trained.get("norm_type", args.norm), shape["lora_rank"], shape["lora_alpha"], args.dropout)
+
+    return classify(args, device, dist, out_dir, lambda choice: LORA, make_choice, save_merged=args.save_merged)

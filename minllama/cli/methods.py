@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minllama.cli.classify import classify
-from minllama.cli.common import RunError, data_paths
+from minllama.cli.common import RunError, checkpoint_shape, data_paths
 from minllama.methods.wise_ft import parse_alphas
 from minllama.training.data import check_labels, has_placeholder_labels, read_examples
 from support.adapters import parse_targets
@@ -93,7 +93,7 @@ def run(args, device, dist, out_dir: Path) -> dict:
 
     def make_choice(checkpoint, num_labels, trained) -> MethodChoice:
         """The flags' choice; what shapes the trained tensors comes from a --checkpoint_in's record."""
-        shape = {flag: trained.get(flag, getattr(args, flag)) for flag in SHAPE_FIELDS}
+        shape = checkpoint_shape(trained, args, SHAPE_FIELDS)
         targets = shape["lora_targets"]  # a tuple in a record, the flag's text in an older checkpoint
         if isinstance(targets, str):
             targets = DEFAULT_LORA_TARGETS if targets == "attention" else parse_targets(targets)

@@ -50,6 +50,10 @@ def check(args) -> None:
         raise RunError("--overwrite is for --option pretrain and instruct_tune (classification always replaces "
                        "its files, and says which)")
     if args.option != "pretrain":
+        given = [f"--{flag}" for flag in (*ARCHITECTURE_FLAGS, "preset") if getattr(args, flag) is not None]
+        if given:
+            raise RunError(f"{'/'.join(given)} shape a new model for --option pretrain; --option {args.option} "
+                           "uses the checkpoint's own shape and context")
         if any(getattr(args, flag) for flag in ARCHITECTURE_CHOICES):
             raise RunError(f"{'/'.join('--' + f for f in ARCHITECTURE_CHOICES)} shape a new model: "
                            "they are for --option pretrain")

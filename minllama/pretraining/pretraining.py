@@ -24,6 +24,7 @@ import torch
 from config import LlamaConfig
 from llama import Llama, load_pretrained
 from minllama.pretraining import architectures  # noqa: F401  (hands the ablated layers to llama.py)
+from minllama.pretraining.step_cost import check_step_cost
 from minllama.training.data import (InputError, check_long_enough, corpus_documents, encode_documents, fixed_windows,
                                     split_train_val, tokenizer_fingerprint, windows_at)
 from minllama.training.loop import Distributed, LoopSettings, LoopState, RunHooks, autocast, train
@@ -291,6 +292,8 @@ def run_pretraining(data: PretrainData, choice: ModelChoice, settings: LoopSetti
     if n_unknown and dist.is_main:
         print(f"warning: {n_unknown} characters of {name} are not in the character vocabulary (mapped to <unk>)")
     model = build_model(choice, tokenizer, data.window).to(device)
+    check_step_cost(model, data.window, data.batch_size // (settings.grad_accum * dist.world_size), data.batch_size,
+                    device)
     if checkpoint is not None:
         check_resumable(checkpoint, out_dir / "last.pt", model, tokenizer)
         model.load_state_dict(checkpoint["model"])

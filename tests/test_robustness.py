@@ -337,3 +337,26 @@ def test_a_context_that_fits_but_is_slow_is_warned_about(capsys):
     assert "warning: --max_seq_len 100000 with --batch_size 8: a training step is about 6." in capsys.readouterr().out
     check_step_cost(model, 16, 8, 8, torch.device("cpu"))
     assert capsys.readouterr().out == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Small things users hit
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    from minllama.instruct.instruct_data import read_conversations
+    from minllama.training.data import corpus_documents, read_examples, read_label_names
+
+    data = tmp_path / "sst-dev.txt"
+    data.write_text("3 ||| a fine film\n0 ||| a dull one\n", encoding="utf-8-sig")  # "\ufeff3 ||| ..."
+    assert data.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert [e.label for e in read_examples(data)] == [3, 0]
+    mapping = tmp_path / "labels.json"
+    mapping.write_text('["bad", "good"]', encoding="utf-8-sig")
+    assert read_label_names(mapping) == ["bad", "good"]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("once upon a time", encoding="utf-8-sig")
+    assert corpus_documents(corpus)[0] == ["once upon a time"]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"instruction": "Hi", "response": "Hello"}) + "\n", encoding="utf-8-sig")
+    assert read_conversations(chat)[0][0]["content"] == "Hi"

@@ -57,7 +57,7 @@ def read_conversations(path, limit: int | None = None) -> list[list[dict]]:
     if not path.is_file():
         raise InstructionDataError(f"instruction data file not found: {path}")
     conversations = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: without the byte-order mark Windows editors write
         for number, line in enumerate(f, start=1):
             if limit is not None and len(conversations) == limit:
                 break

@@ -36,13 +36,14 @@ class InputError(ValueError):
 
 
 def read_text(path, what: str = "file") -> str:
-    """The whole of a UTF-8 text file; a byte that is not UTF-8 is named by its offset and line."""
+    """The whole of a UTF-8 text file; a byte that is not UTF-8 is named by its offset and line. A
+    byte-order mark (which Windows editors put at the start of "UTF-8" files) is not text: dropped."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise InputError(f"{path}: byte {error.start} (line {line}) is {data[error.start:error.start + 1]!r}, "

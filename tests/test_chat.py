@@ -201,3 +201,14 @@ def test_message_longer_than_the_context_is_an_error(smollm2_tokenizer, smollm2_
         run_chat(model, smollm2_tokenizer, message="word " * 100, max_new_tokens=32)
     ids, dropped = fit_to_context(smollm2_template, smollm2_tokenizer, CONVERSATION, 1000)
     assert dropped == 0 and smollm2_tokenizer.decode(ids).startswith("system\nBe brief.")
+
+
+def test_a_message_too_long_is_refused_and_the_chat_goes_on(smollm2_tokenizer, capsys):
+    model = ScriptedModel(smollm2_tokenizer.encode("Fine.<|im_end|>", False, False), smollm2_tokenizer.n_words,
+                          max_seq_len=160)
+    lines = io.StringIO("hello\n" + "word " * 200 + "\nhow are you\n/exit\n")
+    history = run_chat(model, smollm2_tokenizer, max_new_tokens=32, input_stream=lines)
+    captured = capsys.readouterr()
+    assert "more than the 128 the context leaves" in captured.err and "the chat goes on" in captured.err
+    assert [m["content"] for m in history if m["role"] == "user"] == ["hello", "how are you"]
+    assert captured.out.count("Fine.") == 2

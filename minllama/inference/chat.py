@@ -182,6 +182,10 @@ def stream_reply(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, s
         yield text[shown:]
 
 
+class MessageTooLong(ValueError):
+    """A chat message that does not fit the context even with no history before it."""
+
+
 def fit_to_context(template: ChatTemplate, tokenizer, messages: list[dict], room: int) -> tuple[list[int], int]:
     """Encode the conversation for the assistant's next turn within `room` tokens, dropping the
     oldest exchanges (never the system message nor the newest user message) until it fits.
@@ -195,7 +199,7 @@ def fit_to_context(template: ChatTemplate, tokenizer, messages: list[dict], room
         ids = tokenizer.encode(text, bos=True, eos=False)
         if len(ids) <= room:
             return ids, dropped
-    raise ValueError(f"the message is {len(ids)} tokens with the chat template"
+    raise MessageTooLong(f"the message is {len(ids)} tokens with the chat template"
                      f"{' and the system message' if system else ''}, more than the {room} the "
                      "context leaves for it after the reply's max_new_tokens: shorten it")
 
@@ -209,7 +213,8 @@ def run_chat(model, tokenizer, message: str | None = None, system: str | None = 
     With `message`, answer it once and return the answer. Without, read messages line by line
     from `input_stream` (stdin) until end of input or `/exit`, keeping the history, and return
     it. The reply is printed to `out` (stdout) as it is generated; notes go to stderr. Ctrl-C
-    interrupts a reply (it is dropped from the history), and at the prompt ends the chat.
+    interrupts a reply (it is dropped from the history), and at the prompt ends the chat. A message
+    too long for the context is refused on its own: the chat goes on without it.
     `context_len` (default: the model's max_seq_len) bounds prompt + reply; when the history
     would not fit, the oldest exchanges are dropped, and said so."""
     out = out or sys.stdout
@@ -227,8 +232,9 @@ def run_chat(model, tokenizer, message: str | None = None, system: str | None = 
 
     def reply(user_text: str) -> str:
         nonlocal history
-        history = history + [{"role": "user", "content": user_text}]
-        prompt_ids, dropped = fit_to_context(template, tokenizer, history, context_len - max_new_tokens)
+        asked = history + [{"role": "user", "content": user_text}]
+        prompt_ids, dropped = fit_to_context(template, tokenizer, asked, context_len - max_new_tokens)
+        history = asked  # only a message that fits joins the history
         if dropped:
             keep = 1 if system else 0
             history = history[:keep] + history[keep + dropped:]
@@ -270,3 +276,5 @@ def run_chat(model, tokenizer, message: str | None = None, system: str | None = 
                 reply(line.strip())
             except KeyboardInterrupt:
                 continue
+            except MessageTooLong as error:  # one message too long ends nothing but itself
+                print(f"error: {error}; this message is left out, and the chat goes on", file=sys.stderr)

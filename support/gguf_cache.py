@@ -9,9 +9,11 @@ in a byte tensor (unpickling 100k strings one by one takes seconds, json.loads m
 Later reads memory-map it (`torch.load(mmap=True)`), which costs page faults instead of a parse.
 
 The cache lives outside the repository, in `$MINLLAMA_CACHE` (default `~/.cache/minllama`), under
-a name made from the file's absolute path, size and modification time: a changed or replaced
-file gets a new entry. Delete the folder to reclaim the space (SmolLM2-135M takes 0.5 GB);
-`MINLLAMA_CACHE=off` turns caching off.
+a name made from a hash of the file's content (about 0.3 s for SmolLM2's 98 MB): the same model
+in two checkouts or environments is one entry, and a changed file gets a new one. The folder is
+kept under MAX_CACHE_BYTES (`$MINLLAMA_GGUF_CACHE_MB`, default 2048): after each new entry the
+least recently used ones are removed. Delete the folder to reclaim the space (SmolLM2-135M takes
+0.5 GB); `MINLLAMA_CACHE=off` turns caching off.
 
 `cached_reader(path)` returns an object with the two attributes of a GGUFReader that this
 repository reads, `fields` (key -> field with `.contents()`) and `tensors` (with `.name`,
@@ -31,7 +33,8 @@ import torch
 
 from utils import cache_dir, save_atomically
 
-FORMAT_VERSION = 2  # bump when the stored layout changes: old entries are then ignored
+FORMAT_VERSION = 3  # bump when the stored layout changes: old entries are then ignored (and evicted first)
+DEFAULT_MAX_MB = 2048  # four SmolLM2-sized entries
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,29 @@ class DecodedGGUF:
 
 
 def cache_file(path: Path) -> Path | None:
+    """The entry of the GGUF file `path`: named by its content's hash, wherever the file lies."""
     folder = cache_dir()
     if folder is None:
         return None
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{FORMAT_VERSION}".encode())
-    return folder / "gguf" / f"{path.stem}-{key.hexdigest()[:16]}.pt"
+    with open(path, "rb") as file:
+        key = hashlib.file_digest(file, "sha256").hexdigest()[:32]
+    return folder / "gguf" / f"{key}-v{FORMAT_VERSION}.pt"
+
+
+def max_cache_bytes() -> int:
+    return int(float(os.environ.get("MINLLAMA_GGUF_CACHE_MB", DEFAULT_MAX_MB)) * 2**20)
+
+
+def evict(folder: Path, keep: Path, limit: int) -> None:
+    """Remove the least recently used entries (by modification time, which a read renews) until the
+    folder holds at most `limit` bytes; `keep`, the entry just written, stays."""
+    entries = sorted((entry for entry in folder.glob("*.pt") if entry != keep), key=lambda e: e.stat().st_mtime)
+    total = sum(entry.stat().st_size for entry in entries) + (keep.stat().st_size if keep.is_file() else 0)
+    for entry in entries:
+        if total <= limit:
+            break
+        total -= entry.stat().st_size
+        entry.unlink(missing_ok=True)
 
 
 def cached_reader(path) -> DecodedGGUF:
@@ -71,12 +91,15 @@ def cached_reader(path) -> DecodedGGUF:
     stored = cache_file(path)
     if stored is not None and stored.is_file():
         try:
-            return _from_record(torch.load(stored, mmap=True, weights_only=True))
+            decoded = _from_record(torch.load(stored, mmap=True, weights_only=True))
+            os.utime(stored)  # recently used: evicted last
+            return decoded
         except Exception:  # a damaged entry (full disk, killed writer): decode the file again
             pass
     record = _decode(path)
     if stored is not None:
         _write_atomically(record, stored)
+        evict(stored.parent, stored, max_cache_bytes())
     return _from_record(record)
 
 

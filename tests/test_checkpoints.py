@@ -209,7 +209,8 @@ def test_gguf_round_trip(tmp_path):
 
 
 def test_gguf_cache(tmp_path, monkeypatch):
-    """The decoded file is stored once, read back the same, and not used for a changed file."""
+    """The decoded file is stored once, under its content's hash, read back the same, and not used
+    for a changed file."""
     from support import gguf_cache
     from support.checkpoints import _gguf_reader
 
@@ -231,10 +232,35 @@ def test_gguf_cache(tmp_path, monkeypatch):
     entry.write_bytes(b"not a torch file")  # damaged: decoded again and rewritten
     assert torch.equal(read()[1]["norm.weight"], expected["norm.weight"])
     assert gguf_cache.cache_file(path).stat().st_size > 100
-    os.utime(path, ns=(1, 1))  # a changed file gets its own entry
+    copy = tmp_path / "elsewhere" / "renamed.gguf"  # another checkout's copy: the same entry
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    os.utime(copy, ns=(1, 1))
+    assert gguf_cache.cache_file(copy) == entry
+    write_gguf(path, random_llama(tied=True))  # a changed file gets its own entry
     assert gguf_cache.cache_file(path) != entry
     monkeypatch.setenv("MINLLAMA_CACHE", "off")
     assert gguf_cache.cache_file(path) is None and read()[0] == first[0]
+
+
+def test_gguf_cache_is_kept_under_its_size_bound(tmp_path, monkeypatch):
+    """Past MINLLAMA_GGUF_CACHE_MB the least recently used entries go; the newest stays."""
+    from support import gguf_cache
+    from support.checkpoints import _gguf_reader
+
+    monkeypatch.setenv("MINLLAMA_CACHE", str(tmp_path / "cache"))
+    paths = [tmp_path / f"model-{i}.gguf" for i in range(3)]
+    for seed, path in enumerate(paths):
+        write_gguf(path, random_llama(tied=False, seed=seed))
+    _gguf_reader.cache_clear()
+    read_checkpoint(paths[0])
+    entry_size = gguf_cache.cache_file(paths[0]).stat().st_size
+    monkeypatch.setenv("MINLLAMA_GGUF_CACHE_MB", str(2.5 * entry_size / 2**20))  # room for two entries
+    read_checkpoint(paths[1])
+    os.utime(gguf_cache.cache_file(paths[0]), ns=(1, 1))  # the first is the least recently used
+    read_checkpoint(paths[2])
+    kept = {entry.name for entry in (tmp_path / "cache" / "gguf").glob("*.pt")}
+    assert len(kept) == 2 and kept == {gguf_cache.cache_file(paths[1]).name, gguf_cache.cache_file(paths[2]).name}
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -73,8 +73,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list]:
     loop.add_argument("--weight_decay", type=float, default=None, help="on matrices (default: 0; pretrain: 0.1)")
     loop.add_argument("--beta2", type=float, default=None, help="AdamW's beta2 (default: 0.999; pretrain: 0.99)")
     loop.add_argument("--max_grad_norm", type=float, default=None, help="clip gradients (default: none; pretrain: 1.0)")
-    loop.add_argument("--eval_every", type=int, default=None, help="steps between evaluations, at least 1 (default: every epoch; pretrain: a tenth of "
-                      "--max_steps)")
+    loop.add_argument("--eval_every", type=int, default=None,
+                      help="steps between evaluations, at least 1 (default: every epoch; pretrain: a tenth of --max_steps)")
     loop.add_argument("--patience", type=int, default=None, help="stop after N evaluations without improvement")
 
     families = [importlib.import_module(family.module) for family in families_here()]
@@ -99,7 +99,8 @@ def get_args(argv=None) -> argparse.Namespace:
 
 def check(args) -> None:
     """The shared flags' values, before anything is loaded (each family checks its own)."""
-    check_positive(args, "batch_size", "epochs", "max_sentence_len", "max_steps", "grad_accum", "patience", "eval_every")
+    check_positive(args, "batch_size", "epochs", "max_sentence_len", "max_steps", "grad_accum", "patience",
+                   "eval_every")
     check_fraction(args, "dropout")
     for flag in ("lr", "max_grad_norm"):
         value = getattr(args, flag)

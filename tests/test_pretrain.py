@@ -177,7 +177,8 @@ def test_resume_from_another_architecture_or_tokenizer(tmp_path, corpus, capsys)
                            "--n_layers", "2", "--n_heads", "4", "--max_seq_len", "16", "--max_steps", "4",
                            "--out_dir", str(tmp_path / "run"), "--resume", "--allow_changed", "max_steps"])
     expect_error(capsys, code, "is a model with dim=32")
-    code = pretrain(corpus, tmp_path / "run", "--max_steps", 4, "--resume", "--allow_changed", "max_steps", tokenizer=())
+    code = pretrain(corpus, tmp_path / "run", "--max_steps", 4, "--resume", "--allow_changed", "max_steps",
+                    tokenizer=())
     expect_error(capsys, code, "was trained with another tokenizer (char, 40 tokens) than this command's (sentencepiece, 32000")
     expect_error(capsys, pretrain(corpus, tmp_path / "fresh", "--max_steps", 4, "--resume"), "last.pt not found")
 

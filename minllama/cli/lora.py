@@ -32,6 +32,7 @@ def run(args, device, dist, out_dir: Path) -> dict:
     def make_choice(checkpoint, num_labels, trained) -> ClassifierChoice:
         shape = checkpoint_shape(trained, args, ("lora_rank", "lora_alpha"))
         return ClassifierChoice(args.option, checkpoint, num_labels, args.hidden_dropout_prob,
-                                trained.get("norm_type", args.norm), shape["lora_rank"], shape["lora_alpha"], args.dropout)
+                                trained.get("norm_type", args.norm), shape["lora_rank"], shape["lora_alpha"],
+                                args.dropout)
 
     return classify(args, device, dist, out_dir, lambda choice: LORA, make_choice, save_merged=args.save_merged)

@@ -82,6 +82,37 @@ def test_sigterm_mid_run_saves_last_pt_and_says_how_to_resume(tmp_path, corpus):
 
 
 @pytest.mark.slow
+def test_sigterm_during_fine_tuning_keeps_the_best_checkpoint_and_says_so(tmp_path, data, tiny_model,
+                                                                         tokenizer_model_path, monkeypatch, capsys):
+    """Every training option runs the one loop: SIGTERM (sent to this process, mid-step) is Ctrl-C there too."""
+    from minllama.classify import classification
+    from testkit import sst_args
+
+    collate, calls = classification.collate, []
+
+    def sigterm_in_step_8(*args):
+        calls.append(1)
+        if len(calls) == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return collate(*args)
+
+    def unhandled(signum, frame):  # without the loop's own handler the signal would end pytest itself
+        raise AssertionError("SIGTERM reached the default handler: the training loop does not handle it")
+
+    monkeypatch.setattr(classification, "collate", sigterm_in_step_8)
+    args = sst_args(data, tiny_model, tokenizer_model_path, "--option", "finetune", "--epochs", "3", "--eval_every",
+                    "5", "--skip_test", "--out_dir", str(tmp_path))
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert run_llama.main(args) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert "interrupted at step 8: the best checkpoint so far" in err and "is kept" in err
+    assert torch.load(tmp_path / "finetune-3-2e-05.pt", weights_only=True)["step"] == 5
+
+
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_both_processes_after_the_same_step_and_saves(tmp_path, corpus):
     """torchrun forwards SIGTERM to its workers and waits for them: the run saves as one process would."""
     out = tmp_path / "run"

@@ -305,6 +305,7 @@ def test_classification_replaces_its_files_and_says_which(tmp_path, data, tiny_m
             f"{tmp_path / 'sst-prompting-output.json'}") in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_instruction_tuning_into_a_folder_holding_another_run_is_refused_unless_overwrite(tmp_path, capsys, tiny,
                                                                                           smollm2_path):
     model = tiny("smol-tiny.pt", vocab_size=49152, max_seq_len=256)

@@ -218,7 +218,7 @@ def parse_args(argv):
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="grade without bubblewrap, with process limits only (see the warning it prints)")
     parser.add_argument("--container-fallback", action="store_true",
-                        help="where bubblewrap cannot start, run the checks as the unprivileged account nobody "
+                        help="where bubblewrap cannot start, run the checks as an unprivileged account "
                              "(needs root: Gradescope's container; every report says so)")
     return parser.parse_args(argv)
 
@@ -238,7 +238,7 @@ def choose_sandbox(args):
             mode = ContainerAccount(str(reason), private=[args.reference_dir, args.data_dir])
             print(f"grade: {mode.description}", file=sys.stderr)
             return mode
-        except (SandboxUnavailable, KeyError) as err:
+        except (SandboxUnavailable, OSError) as err:  # OSError: the references cannot be made private
             reason = err
     print(f"grade: {reason}, so submissions cannot be run in a sandbox; refusing to grade.\n"
           f"  `--unsafe-no-sandbox` grades anyway, and that means: {UNSAFE_EXPLANATION}"

@@ -142,8 +142,8 @@ class Unsandboxed(Isolation):
 
 class ContainerAccount(Isolation):
     """Container mode, for where bubblewrap cannot start (Gradescope runs the grader as root in a
-    container that may forbid new namespaces): the check runs as an unprivileged account, by
-    default `nobody`, switched to by setpriv (util-linux) with no groups and no way back to root.
+    container that may forbid new namespaces): the check runs as an unprivileged account, the
+    autograder's own (ACCOUNTS: setup.sh creates it) or else `nobody`, switched to by setpriv (util-linux) with no groups and no way back to root.
     The files that account must not read (`private`: the references, the gold data) are made
     readable by root alone; each check's writable views are handed to the account, its read-only
     views made readable. The process limits hold as in the other modes, and the account may run at
@@ -151,9 +151,13 @@ class ContainerAccount(Isolation):
     Unlike bubblewrap it does not cut the network or hide the system's files, and every report says so."""
     max_processes = 256
 
-    def __init__(self, reason: str, private: list[Path], account: str = "nobody"):
+    def __init__(self, reason: str, private: list[Path]):
+        account = next(name for name in (*ACCOUNTS, None) if name is None or _exists(name))
+        if account is None:
+            raise SandboxUnavailable(f"{reason}; container mode needs one of the accounts {', '.join(ACCOUNTS)}")
         entry = pwd.getpwnam(account)
         self.uid, self.gid, self.setpriv = entry.pw_uid, entry.pw_gid, shutil.which("setpriv")
+        self.setpriv = self.setpriv and os.path.abspath(self.setpriv)
         if os.geteuid() != 0 or self.setpriv is None:
             raise SandboxUnavailable(f"{reason}; container mode needs root and setpriv (util-linux)")
         for path in private:
@@ -183,6 +187,19 @@ class ContainerAccount(Isolation):
     def finish(self) -> None:
         """Kill what the account left running (a process that left the check's process group)."""
         subprocess.run(self.wrap(["kill", "-KILL", "-1"], [], None), capture_output=True)
+
+
+# The accounts the container mode runs checks as, the first that exists: gradescope.py's setup.sh
+# creates the first, which nothing else uses (finish() kills every process of the account).
+ACCOUNTS = ("minllama-student", "nobody")
+
+
+def _exists(account: str) -> bool:
+    try:
+        pwd.getpwnam(account)
+        return True
+    except KeyError:
+        return False
 
 
 def _restrict(path: Path) -> None:

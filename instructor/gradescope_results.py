@@ -32,10 +32,8 @@ sys.path[:0] = [str(SOURCE), str(INSTRUCTOR_DIR)]
 import grade  # noqa: E402
 from reports import write_atomically  # noqa: E402
 from sandbox import remove  # noqa: E402
-from support.course import COURSES  # noqa: E402
+from support.course import COURSES, GRADER_CHECKS  # noqa: E402
 
-TEST_NAMES = {"rope": "RoPE (rope_test.py)", "optimizer": "AdamW (optimizer_test.py)",
-              "sanity": "Llama forward pass (sanity_check.py)"}
 
 
 def find_submission(folder: Path) -> Path:
@@ -72,7 +70,7 @@ def item_entries(report: dict, variant: str) -> list[dict]:
     entries = []
     for name, most in COURSES[variant].points().items():
         item = report.get("points", {}).get(name, {"score": 0, "output": f"Not graded: {report.get('status')}."})
-        entries.append({"name": TEST_NAMES.get(name, name), "score": item["score"], "max_score": most,
+        entries.append({"name": GRADER_CHECKS.get(name, name), "score": item["score"], "max_score": most,
                         "status": "passed" if item["score"] == most else "failed", "output": item["output"],
                         "visibility": "visible"})
     return entries

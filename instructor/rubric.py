@@ -24,8 +24,6 @@ REFERENCE_ACCURACY = {name: c.reference_accuracy() for name, c in COURSES.items(
 TOLERANCE = {"sst": 0.05, "cfimdb": 0.15}
 MAX_TEXT_BYTES = 20 * 2**20  # a prediction or generation file larger than this is not read
 
-CHECK_NAMES = {"rope": "RoPE check (rope_test.py)", "optimizer": "optimizer check (optimizer_test.py)",
-               "sanity": "sanity check (sanity_check.py)"}
 # What happened to a check that did not pass, as the verb of a sentence.
 OUTCOMES = {"failed": "failed", "not implemented": "is not implemented", "error": "stopped with an error",
             "timeout": "ran out of time", "memory": "ran out of memory", "output limit": "printed too much",
@@ -104,7 +102,7 @@ def check_sentence(check: str, entry: dict) -> str | None:
     if status == "passed":
         return None
     detail = entry.get("detail", "").rstrip(".")
-    return f"The {CHECK_NAMES[check]} {OUTCOMES.get(status, status)}" + (f": {detail}." if detail else ".")
+    return f"The {GRADER_CHECKS[check]} {OUTCOMES.get(status, status)}" + (f": {detail}." if detail else ".")
 
 
 def prediction_problem(name: str, score: dict, variant: str) -> str | None:

@@ -143,7 +143,8 @@ class Unsandboxed(Isolation):
 class ContainerAccount(Isolation):
     """Container mode, for where bubblewrap cannot start (Gradescope runs the grader as root in a
     container that may forbid new namespaces): the check runs as an unprivileged account, the
-    autograder's own (ACCOUNTS: setup.sh creates it) or else `nobody`, switched to by setpriv (util-linux) with no groups and no way back to root.
+    autograder's own (ACCOUNTS: setup.sh creates it) or else `nobody`, switched to by setpriv
+    (util-linux) with no groups and no way back to root.
     The files that account must not read (`private`: the references, the gold data) are made
     readable by root alone; each check's writable views are handed to the account, its read-only
     views made readable. The process limits hold as in the other modes, and the account may run at
@@ -156,8 +157,8 @@ class ContainerAccount(Isolation):
         if account is None:
             raise SandboxUnavailable(f"{reason}; container mode needs one of the accounts {', '.join(ACCOUNTS)}")
         entry = pwd.getpwnam(account)
-        self.uid, self.gid, self.setpriv = entry.pw_uid, entry.pw_gid, shutil.which("setpriv")
-        self.setpriv = self.setpriv and os.path.abspath(self.setpriv)
+        setpriv = shutil.which("setpriv")
+        self.uid, self.gid, self.setpriv = entry.pw_uid, entry.pw_gid, setpriv and os.path.abspath(setpriv)
         if os.geteuid() != 0 or self.setpriv is None:
             raise SandboxUnavailable(f"{reason}; container mode needs root and setpriv (util-linux)")
         for path in private:

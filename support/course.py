@@ -92,7 +92,9 @@ class Course:
 STUDENT_CODE = ("run_llama.py", "llama.py", "rope.py", "optimizer.py", "classifier.py")
 GENERATION_FILES = ("generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt")
 DATASETS, SPLITS = ("sst", "cfimdb"), ("dev", "test")
-GRADER_CHECKS = ("rope", "optimizer", "sanity")  # rope_test.py, optimizer_test.py, sanity_check.py
+# The grader checks, with the titles the reports, Gradescope and GitHub Classroom give them.
+GRADER_CHECKS = {"rope": "RoPE check (rope_test.py)", "optimizer": "optimizer check (optimizer_test.py)",
+                 "sanity": "sanity check (sanity_check.py)"}
 # Points, for platforms that score rather than letter (Gradescope, GitHub Classroom): the default of
 # every grader check and output file, the one place to change them. The upstream rubric's letter
 # (B+: sanity and optimizer pass; A: the accuracies within tolerance of the reference table) is

@@ -123,8 +123,8 @@ def test_a_wrong_rope_loses_the_rope_and_sanity_points(autograder):
     results, _ = autograder["graded"]["broken-rope"]
     tests = by_name(results)
     failed = {name for name, test in tests.items() if test["status"] == "failed"}
-    assert failed == {"RoPE (rope_test.py)", "Llama forward pass (sanity_check.py)"}
-    assert tests["RoPE (rope_test.py)"]["score"] == 0 and "max abs difference" in tests["RoPE (rope_test.py)"]["output"]
+    assert failed == {"RoPE check (rope_test.py)", "sanity check (sanity_check.py)"}
+    assert tests["RoPE check (rope_test.py)"]["score"] == 0 and "max abs difference" in tests["RoPE check (rope_test.py)"]["output"]
     assert results["score"] == 120 - POINTS["rope"] - POINTS["sanity"]
     assert "grade by the upstream rubric: B or below." in results["output"]
     assert "The RoPE check (rope_test.py) failed" in results["output"]
@@ -137,7 +137,7 @@ def test_a_hostile_submission_gets_no_check_points_and_changes_nothing(autograde
         pytest.skip("the container mode needs root")
     results, _ = autograder["graded"][run]
     tests = by_name(results)
-    for name in ("RoPE (rope_test.py)", "AdamW (optimizer_test.py)", "Llama forward pass (sanity_check.py)"):
+    for name in ("RoPE check (rope_test.py)", "optimizer check (optimizer_test.py)", "sanity check (sanity_check.py)"):
         assert tests[name]["score"] == 0 and evidence in tests[name]["output"], tests[name]
         assert "rotary_embedding_actual.data" in tests[name]["output"]
     outputs = sum(points for name, points in POINTS.items() if name.endswith(".txt"))

@@ -335,7 +335,7 @@ def test_skeleton_builds_imports_and_fails_exactly_at_the_todos(course):
     assert not (tree / "instructor").exists() and not (tree / "bench").exists()
     assert sorted(p.name for p in (tree / "tests").iterdir()) == ["student"]
     assert (tree / "lora.py").exists() == ("lora" in spec.course.options)
-    assert sorted(p.name for p in tree.iterdir() if p.is_dir()) == ["data", "minllama", "tests"]
+    assert sorted(p.name for p in tree.iterdir() if p.is_dir()) == [".github", "data", "minllama", "tests"]
     for shipped in spec.references:
         assert (tree / shipped).is_file()
     for path in tree.rglob("*.py"):

@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import types
 import uuid
@@ -477,10 +478,20 @@ def test_a_check_log_keeps_its_first_and_last_kilobyte(tmp_path):
     assert log.startswith("B" * 1024) and log.endswith("END\n") and "[... 2956 bytes cut ...]" in log
 
 
-def test_the_container_mode_runs_as_an_account_that_cannot_read_the_references(tmp_path):
-    """Where bubblewrap cannot start (a container as root), the checks run as `nobody`."""
+@pytest.fixture
+def open_tmp():
+    """A temporary folder outside pytest's base folder, which another pytest session makes private
+    again (0700) when it starts: an unprivileged account must reach this one."""
+    folder = Path(tempfile.mkdtemp(prefix="minllama-grade-test-"))
+    yield folder
+    sandbox.remove(folder)
+
+
+def test_the_container_mode_runs_as_an_account_that_cannot_read_the_references(open_tmp):
+    """Where bubblewrap cannot start (a container as root), the checks run as an unprivileged account."""
     if os.geteuid() != 0:
         pytest.skip("the container mode needs root (Gradescope's container runs the grader as root)")
+    tmp_path = open_tmp
     private, shared = tmp_path / "references", tmp_path / "shared"
     for folder in (private, shared, tmp_path / "ro", tmp_path / "rw"):
         folder.mkdir()
@@ -503,7 +514,7 @@ def test_the_container_mode_runs_as_an_account_that_cannot_read_the_references(t
     mode.finish()
     assert run.tail.split("\n") == ["read references refused", "read ro allowed", "write ro refused",
                                      "write rw allowed", "True", ""], run.tail
-    assert "container mode" in mode.description and "nobody" in mode.description
+    assert "container mode" in mode.description and "unprivileged account" in mode.description
 
 
 def test_the_sandbox_sees_only_its_views(tmp_path):

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -42,12 +43,14 @@ open({root!r} + "/source/references/rotary_embedding_actual.data", "rb").read()
 
 
 @pytest.fixture(scope="module")
-def autograder(tmp_path_factory):
+def autograder():
     """grade(name, upload, container=False) -> (results.json, seconds): run_autograder on one upload."""
     data_dir = grade.find_data_dir()
     if data_dir is None or shutil.which("bwrap") is None:
         skip_or_fail("gold data or bubblewrap not found (run setup.sh; apt-get install bubblewrap)")
-    tmp = tmp_path_factory.mktemp("gradescope")
+    # Not under pytest's base folder: another pytest session makes that private again (0700)
+    # whenever it starts, which would lock the container mode's account out mid-run.
+    tmp = Path(tempfile.mkdtemp(prefix="minllama-gradescope-"))
     assert gradescope.main(["--variant", "layernorm", "--out", str(tmp / "autograder.zip")]) == 0
     root = tmp / "autograder"
     with zipfile.ZipFile(tmp / "autograder.zip") as archive:
@@ -91,6 +94,7 @@ def autograder(tmp_path_factory):
         graded["hostile in a container"] = run("hostile", uploads["hostile"], container=True)
     yield {"graded": graded, "planted": lambda: hashlib.sha256(planted.read_bytes()).hexdigest() == before,
            "root": root}
+    grade.remove(tmp)
 
 
 def by_name(results: dict) -> dict:

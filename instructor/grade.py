@@ -157,7 +157,8 @@ def grade_submission(submission: Path, name: str, args, expected: dict[str, Expe
             f"This submission is for the {course} course ({'; '.join(said)}), but it is graded as the "
             f"{args.variant} course: grade it with --variant {course}."])
         return report
-    report["missing_student_files"] = [name for name in COURSES[args.variant].student_code if not (code / name).is_file()]
+    report["missing_student_files"] = [name for name in COURSES[args.variant].student_code
+                                       if not (code / name).is_file()]
     report["support_modules_from_solution"] = prepare_run_folder(code, work / "run", args.variant)
 
     report["checks"] = {}

@@ -128,7 +128,8 @@ def test_a_wrong_rope_loses_the_rope_and_sanity_points(autograder):
     tests = by_name(results)
     failed = {name for name, test in tests.items() if test["status"] == "failed"}
     assert failed == {"RoPE check (rope_test.py)", "sanity check (sanity_check.py)"}
-    assert tests["RoPE check (rope_test.py)"]["score"] == 0 and "max abs difference" in tests["RoPE check (rope_test.py)"]["output"]
+    rope = tests["RoPE check (rope_test.py)"]
+    assert rope["score"] == 0 and "max abs difference" in rope["output"]
     assert results["score"] == 120 - POINTS["rope"] - POINTS["sanity"]
     assert "grade by the upstream rubric: B or below." in results["output"]
     assert "The RoPE check (rope_test.py) failed" in results["output"]

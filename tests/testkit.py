@@ -129,7 +129,8 @@ ANDREW_ID = "student1"
 
 def solution_code() -> dict[str, str]:
     """The solution's top-level Python files: a submission that implements everything."""
-    files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
     return {path: (REPO_ROOT / path).read_text() for path in files
             if "/" not in path and path.endswith(".py") and (REPO_ROOT / path).is_file()}
 

@@ -25,9 +25,9 @@ from utils import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "instructor"))
 import gradescope  # noqa: E402
+import gradescope_results  # noqa: E402
 import grade  # noqa: E402
 
-pytestmark = pytest.mark.slow
 TOP_LEVEL = {"score", "execution_time", "output", "visibility", "stdout_visibility", "tests", "leaderboard"}
 TEST_FIELDS = {"name", "score", "max_score", "status", "output", "visibility"}
 POINTS = COURSES["layernorm"].points()
@@ -101,6 +101,7 @@ def by_name(results: dict) -> dict:
     return {test["name"]: test for test in results["tests"]}
 
 
+@pytest.mark.slow
 def test_results_json_of_a_correct_submission(autograder):
     results, seconds = autograder["graded"]["correct"]
     assert set(results) == TOP_LEVEL
@@ -123,6 +124,7 @@ def test_results_json_of_a_correct_submission(autograder):
     assert all(entry["value"] == 1.0 and entry["order"] == "desc" for entry in results["leaderboard"])
 
 
+@pytest.mark.slow
 def test_a_wrong_rope_loses_the_rope_and_sanity_points(autograder):
     results, _ = autograder["graded"]["broken-rope"]
     tests = by_name(results)
@@ -135,6 +137,7 @@ def test_a_wrong_rope_loses_the_rope_and_sanity_points(autograder):
     assert "The RoPE check (rope_test.py) failed" in results["output"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run, evidence", [("hostile", "No such file or directory"),
                                            ("hostile in a container", "Permission denied")])
 def test_a_hostile_submission_gets_no_check_points_and_changes_nothing(autograder, run, evidence):
@@ -151,3 +154,23 @@ def test_a_hostile_submission_gets_no_check_points_and_changes_nothing(autograde
     if run == "hostile in a container":
         assert "Your code ran in: container mode (bubblewrap cannot run here: bubblewrap (bwrap) is not installed)" \
             in results["output"] and "nobody" in results["output"]
+
+
+def test_a_malformed_upload_fails_the_visible_format_entry_and_earns_nothing():
+    report = {"status": "rejected", "grade": "not graded",
+              "reasons": ["symbolic link in the archive: 'student1/llama.py'"]}
+    results = gradescope_results.results(report, "layernorm", 1.5, "stories42M.pt, against the upstream reference")
+    assert set(results) == TOP_LEVEL and results["score"] == 0 and results["leaderboard"] == []
+    first = results["tests"][0]
+    assert first["name"] == "Submission format" and first["status"] == "failed" and first["visibility"] == "visible"
+    assert "symbolic link in the archive" in first["output"]
+    assert [test["max_score"] for test in results["tests"][1:]] == list(POINTS.values())
+    assert all(test["score"] == 0 and test["status"] == "failed" for test in results["tests"][1:])
+    assert "The sanity check ran on stories42M.pt, against the upstream reference." in results["output"]
+
+
+def test_the_upload_is_the_one_zip_or_the_folder(tmp_path):
+    (tmp_path / "student1.zip").write_bytes(b"")
+    assert gradescope_results.find_submission(tmp_path) == tmp_path / "student1.zip"
+    (tmp_path / "llama.py").write_text("")
+    assert gradescope_results.find_submission(tmp_path) == tmp_path

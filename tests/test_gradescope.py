@@ -1,7 +1,7 @@
 """Gradescope's autograder (instructor/gradescope.py builds it, gradescope_results.py runs in it),
 end to end: the zip is built, unpacked into a temporary /autograder-shaped folder (the
 repository's code then lies under /tmp, which the sandbox mounts privately), and run_autograder
-grades a correct submission (the zip prepare_submit.py makes), a broken one (a wrong RoPE) and a
+grades a correct submission (the zip prepare_submit.py makes: the student files and the outputs), a broken one (a wrong RoPE) and a
 hostile one (it tries to plant code in the autograder and to read the references), each checked
 field by field in results.json. The hostile one is graded twice: in bubblewrap, and in the
 container mode, where no bwrap is on the PATH (as root only: the mode runs the checks as nobody)."""
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.course import COURSES
-from testkit import skip_or_fail, write_submission, zip_folder
+from testkit import skip_or_fail, solution_code, write_submission, zip_folder
 from utils import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "instructor"))
@@ -82,7 +82,8 @@ def autograder():
 
     planted = root / "source" / "instructor" / "rubric.py"
     before = hashlib.sha256(planted.read_bytes()).hexdigest()
-    builds = {"correct": None,
+    student_code = set(COURSES["layernorm"].student_code)  # what prepare_submit.py zips, with the outputs
+    builds = {"correct": {name: None for name in solution_code() if name not in student_code},
               "broken-rope": {"rope.py": (REPO_ROOT / "rope.py").read_text().replace(
                   "x_even * c - x_odd * s, x_even * s + x_odd * c", "x_even * c + x_odd * s, x_even * s + x_odd * c")},
               "hostile": {"utils.py": (REPO_ROOT / "utils.py").read_text() + HOSTILE.format(root=str(root))}}
@@ -110,7 +111,7 @@ def test_results_json_of_a_correct_submission(autograder):
     first = results["tests"][0]
     assert first == {"name": "Submission format", "score": 0, "max_score": 0, "status": "passed",
                      "output": first["output"], "visibility": "visible"}
-    assert "Graded the folder student1/." in first["output"]
+    assert "Graded the folder student1/." in first["output"] and "of the course's own code" in first["output"]
     assert len(results["tests"]) == 1 + len(POINTS)
     for test in results["tests"]:
         assert set(test) == TEST_FIELDS and test["status"] == "passed" and test["score"] == test["max_score"], test

@@ -475,7 +475,8 @@ def test_make_skeleton_outside_a_git_checkout_says_so(tmp_path):
     (copy / "instructor").mkdir(parents=True)
     (copy / "support").mkdir()
     for name in ("instructor/make_skeleton.py", "instructor/regions.py", "instructor/rewrites.py",
-                 "instructor/skeleton_docs.py", "instructor/shipping.py", "support/__init__.py", "support/course.py"):
+                 "instructor/skeleton_docs.py", "instructor/shipping.py", "instructor/classroom.py",
+                 "support/__init__.py", "support/course.py"):
         shutil.copy(REPO_ROOT / name, copy / name)
     result = subprocess.run([sys.executable, str(copy / "instructor" / "make_skeleton.py"), str(tmp_path / "out"),
                              "--assets", str(assets())], capture_output=True, text=True, cwd=tmp_path,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from drawn_inputs import PREFIX, compute, draw
-from sandbox import SCRATCH, View, python_in_prefix, run_limited
+from sandbox import OUTPUT_LIMIT, SCRATCH, Finished, View, python_in_prefix, run_limited
 
 
 # The upstream checks' tolerances (torch.allclose's keywords; {}: its defaults, as rope_test.py). The
@@ -49,7 +49,7 @@ class Expected:
 
 @dataclass
 class CheckResult:
-    status: str  # passed, failed, not implemented, error, timeout, memory
+    status: str  # passed, failed, not implemented, error, timeout, memory, output limit
     detail: str = ""
     seconds: float = 0.0
 
@@ -109,18 +109,22 @@ def compare(actual: dict[str, torch.Tensor], expected: Expected) -> list[str]:
     return problems
 
 
-def _classify_failure(code: int | None, tail: str, timeout_s: float, memory_mb: int) -> CheckResult:
+def _classify_failure(run: Finished, timeout_s: float, memory_mb: int) -> CheckResult:
+    tail = run.tail
     last = tail.strip().splitlines()[-1] if tail.strip() else ""
-    if code is None:
+    if run.code is None:
         return CheckResult("timeout", f"killed after {timeout_s:g} s")
+    if run.output_limit_hit:  # its last line is the flood itself, not a reason
+        return CheckResult("output limit", f"output limit ({OUTPUT_LIMIT // 2**20} MiB) exceeded: the check printed "
+                                           "that much and was stopped")
     if "MemoryError" in tail or "bad_alloc" in tail or "Cannot allocate memory" in tail \
             or "DefaultCPUAllocator: can't allocate" in tail:
         return CheckResult("memory", f"exceeded the {memory_mb} MB memory limit: {last[-300:]}")
-    if code < 0:
-        return CheckResult("error", f"killed by signal {signal.Signals(-code).name}: {last[-300:]}")
+    if run.code < 0:
+        return CheckResult("error", f"killed by signal {signal.Signals(-run.code).name}: {last[-300:]}")
     if "NotImplementedError" in tail:
         return CheckResult("not implemented", last[-300:])
-    return CheckResult("error", f"exit code {code}: {last[-300:]}")
+    return CheckResult("error", f"exit code {run.code}: {last[-300:]}")
 
 
 def run_check(check: str, expected: Expected, run_dir: Path, sandbox, timeout_s: float, memory_mb: int) -> CheckResult:
@@ -137,11 +141,15 @@ def run_check(check: str, expected: Expected, run_dir: Path, sandbox, timeout_s:
         command += ["--checkpoint", at["checkpoint"]]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": at["code"], "TMPDIR": at[SCRATCH],
            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    exit_code, tail, seconds = run_limited(sandbox.wrap(command, views, cwd=code), run_dir / "code", env,
-                                           timeout_s, memory_mb, run_dir / f"{check}.log")
-    out = run_dir / "out" / f"{check}.npz"
-    if exit_code != 0 or not out.is_file():
-        result = _classify_failure(exit_code, tail, timeout_s, memory_mb)
+    sandbox.prepare(views)
+    try:
+        run = run_limited(sandbox.wrap(command, views, cwd=code), run_dir / "code", env, timeout_s, memory_mb,
+                          run_dir / f"{check}.log", sandbox.max_processes)
+    finally:
+        sandbox.finish()
+    out, seconds = run_dir / "out" / f"{check}.npz", run.seconds
+    if run.code != 0 or not out.is_file():
+        result = _classify_failure(run, timeout_s, memory_mb)
         result.seconds = seconds
         return result
     if out.stat().st_size > 64 * 2**20:

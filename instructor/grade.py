@@ -16,15 +16,18 @@ For each one this tool
      CFIMDB test labels are placeholders, so no accuracy is reported for them);
   4. measures the perplexity of the submitted generations under a reference model and flags
      outliers for a person to read: a program cannot judge coherence, and never grades on it alone;
-  5. applies the upstream rubric:
-       B+  the sanity check and the optimizer check pass
-       A   ... and every accuracy is within 0.05 (SST) / 0.15 (CFIMDB) of the reference table
-           (or above it), and no generation is flagged
-       A-  ... the checks pass and the outputs are there, but an accuracy or a generation is off
-     and writes DIR/reports/NAME.json and NAME.md (reports.py), plus DIR/grades.csv for the batch;
+  5. applies the upstream rubric (rubric.py: B+ when the sanity and optimizer checks pass, A when
+     the accuracies are within the tolerance of the reference table too, A- between), gives every
+     check and output file its points from the course table (support/course.py POINTS), and
+     writes DIR/reports/NAME.json and NAME.md (reports.py), plus DIR/grades.csv for the batch;
+     a submission whose files say it is for the other course (unpack.course_evidence) is reported
+     as such and not graded;
   6. deletes the work folders (--keep keeps them).
 A broken, hostile or hanging submission gets a report that says what happened; the batch goes on.
-Without bubblewrap it refuses to grade, unless --unsafe-no-sandbox says to rely on process limits.
+Without bubblewrap it refuses to grade, unless --container-fallback (as root: the checks run as an
+unprivileged account) or --unsafe-no-sandbox (process limits only) says otherwise. Every path given
+is made absolute first: the checks run in other folders. gradescope.py builds Gradescope's
+autograder around this tool.
 """
 
 import argparse
@@ -37,19 +40,20 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from perplexity import PerplexityModel, default_perplexity_model, flag_generations
-
-from checks import Expected, prepare_expected, run_check
-from reports import CHECKS, write_reports
-from sandbox import UNSAFE_EXPLANATION, SandboxUnavailable, Unsandboxed, find_bubblewrap, remove
-from unpack import ArchiveLimits, Rejected, code_root, safe_copy_folder, safe_extract_zip
-
 INSTRUCTOR_DIR = Path(__file__).resolve().parent
 REPO_ROOT = INSTRUCTOR_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
+from checks import Expected, prepare_expected, run_check  # noqa: E402
 from make_skeleton import source_files  # noqa: E402
+from perplexity import PerplexityModel, default_perplexity_model, flag_generations  # noqa: E402
+from reports import write_reports  # noqa: E402
+from rubric import apply_rubric, generation_scores, score_all, scored_items, total  # noqa: E402
 from shipping import STUDENT_TESTS, closure, follow_the_move, shipped_path  # noqa: E402
-from support.course import COURSES, OPTIMIZER_REFERENCE, ROPE_REFERENCE, SANITY_REFERENCE  # noqa: E402
+from sandbox import (UNSAFE_EXPLANATION, ContainerAccount, SandboxUnavailable, Unsandboxed,  # noqa: E402
+                     find_bubblewrap, remove)
+from support.course import (COURSES, GRADER_CHECKS, OPTIMIZER_REFERENCE, ROPE_REFERENCE,  # noqa: E402
+                            SANITY_REFERENCE)
+from unpack import ArchiveLimits, Rejected, code_root, course_evidence, safe_copy_folder, safe_extract_zip  # noqa: E402
 
 COURSE_TABLE = "support/course.py"  # the instructor's copy, whatever a submission brings
 
@@ -58,130 +62,38 @@ HARNESS_FILES = [REPO_ROOT / "rope_test.py", REPO_ROOT / "optimizer_test.py", RE
                  INSTRUCTOR_DIR / "grader_probe.py", INSTRUCTOR_DIR / "drawn_inputs.py"]
 
 
+# An autograder built by gradescope.py is no git checkout: it lists the solution's files here.
+SOLUTION_MANIFEST = REPO_ROOT / "solution-files.txt"
+
+
+def solution_files() -> set[str]:
+    """The solution's files: those git tracks, or the autograder's list of them."""
+    if SOLUTION_MANIFEST.is_file():
+        return set(SOLUTION_MANIFEST.read_text().split())
+    return set(source_files(REPO_ROOT))
+
+
 @functools.lru_cache(maxsize=None)
 def support_modules(variant: str) -> tuple[str, ...]:
     """The modules students do not write, as the course's skeleton has them (shipping.py: the
     closure of its entry points, less the student code): taken from the solution when a submission
     lacks them, and the course table always (the checks read it)."""
     course = COURSES[variant]
-    files = set(source_files(REPO_ROOT))
+    files = solution_files()
     shipped = closure(course, lambda path: (REPO_ROOT / path).read_text(), files)
     return tuple(path for path in shipped if path.endswith(".py") and path not in course.student_code
                  and not path.startswith(STUDENT_TESTS) and REPO_ROOT / path not in HARNESS_FILES)
 
-# The course variants (course.py): upstream reference accuracies (DESIGN.md, mean of 10 seeds), the
-# norm of the sanity reference and the max_grad_norm of the optimizer reference; and the rubric's tolerances.
-REFERENCE_ACCURACY = {name: c.reference_accuracy() for name, c in COURSES.items()}
-TOLERANCE = {"sst": 0.05, "cfimdb": 0.15}
+# The course variants (course.py): the norm of the sanity reference and the max_grad_norm of the optimizer reference.
 VARIANT_CHECKS = {name: (c.norm, c.max_grad_norm) for name, c in COURSES.items()}
 REFERENCE_FILES = {"rope": ROPE_REFERENCE,
                    "optimizer": {c.max_grad_norm: c.explicit_reference(OPTIMIZER_REFERENCE) for c in COURSES.values()},
                    "sanity": {c.norm: c.explicit_reference(SANITY_REFERENCE) for c in COURSES.values()}}
-GENERATION_FILES = ["generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"]
-MAX_TEXT_BYTES = 20 * 2**20  # a prediction or generation file larger than this is not read
 # The course's checkpoint: the only one the upstream sanity references were made with.
 UPSTREAM_CHECKPOINT = REPO_ROOT / "stories42M.pt"
 # The reference files under every name they ship with (the skeleton uses the upstream names):
 # deleted from the copy a check runs on.
 SHIPPED_REFERENCES = sorted({name for c in COURSES.values() for pair in c.references for name in pair})
-
-
-# ----------------------------------------------------------------------------- predictions
-
-def read_labelled(path: Path) -> list[tuple[str, str]]:
-    """(label, sentence) of every `LABEL ||| SENTENCE` line."""
-    if path.stat().st_size > MAX_TEXT_BYTES:
-        raise ValueError(f"{path.name} is larger than {MAX_TEXT_BYTES} bytes")
-    rows = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if "|||" not in line:
-            raise ValueError(f"{path.name} line {number}: expected 'LABEL ||| SENTENCE'")
-        label, sentence = line.split("|||", 1)
-        rows.append((label.strip(), sentence.strip()))
-    return rows
-
-
-def score_predictions(predictions: Path, gold: Path) -> dict:
-    """Accuracy of a prediction file against the gold file; None for placeholder labels."""
-    gold_rows, predicted = read_labelled(gold), read_labelled(predictions)
-    if len(predicted) != len(gold_rows):
-        raise ValueError(f"{predictions.name} has {len(predicted)} lines, the input has {len(gold_rows)}")
-    mismatched = sum(p[1] != g[1] for p, g in zip(predicted, gold_rows))
-    if mismatched > 0.05 * len(gold_rows):
-        raise ValueError(f"{predictions.name}: {mismatched} of {len(gold_rows)} sentences differ from the input "
-                         "(wrong order or the prompt written instead of the sentence?)")
-    if len({label for label, _ in gold_rows}) == 1:
-        return {"accuracy": None, "note": "placeholder gold labels: no accuracy", "lines": len(gold_rows)}
-    correct = sum(p[0] == g[0] for p, g in zip(predicted, gold_rows))
-    return {"accuracy": correct / len(gold_rows), "lines": len(gold_rows)}
-
-
-def score_all(code: Path, data_dir: Path, variant: str) -> dict:
-    runs = sorted({run for _, run in REFERENCE_ACCURACY[variant]})
-    scores = {}
-    for dataset in ("sst", "cfimdb"):
-        for run in runs:
-            for split in ("dev", "test"):
-                name = f"{dataset}-{split}-{run}-output.txt"
-                path = code / name
-                if not path.is_file() or path.is_symlink():
-                    scores[name] = {"error": "missing"}
-                    continue
-                try:
-                    scores[name] = score_predictions(path, data_dir / f"{dataset}-{split}.txt")
-                except (ValueError, OSError) as err:
-                    scores[name] = {"error": str(err)}
-    return scores
-
-
-# ----------------------------------------------------------------------------- generations
-
-def generation_scores(code: Path, scorer: PerplexityModel | None) -> dict:
-    scores = {}
-    for name in GENERATION_FILES:
-        path = code / name
-        if not path.is_file() or path.is_symlink():
-            scores[name] = {"error": "missing"}
-            continue
-        text = path.read_bytes()[:MAX_TEXT_BYTES].decode(errors="replace").strip()
-        entry = {"characters": len(text), "excerpt": text[:300]}
-        if not text:
-            entry["flag"] = "empty"
-        elif scorer is not None:
-            entry["perplexity"] = scorer.perplexity(text)
-        scores[name] = entry
-    return scores
-
-
-# ----------------------------------------------------------------------------- the rubric
-
-def apply_rubric(report: dict, variant: str) -> tuple[str, list[str]]:
-    checks = report.get("checks", {})
-    reasons = []
-    if any(checks.get(name, {}).get("status") != "passed" for name in ("sanity", "optimizer")):
-        failing = {name: checks.get(name, {}).get("status", "not run") for name in ("sanity", "optimizer")}
-        return "B or below", [f"the grader checks do not pass: {failing}"]
-    grade = "A"
-    for (dataset, run), splits in REFERENCE_ACCURACY[variant].items():
-        for split, reference in splits.items():
-            name = f"{dataset}-{split}-{run}-output.txt"
-            score = report["predictions"].get(name, {})
-            if "error" in score:
-                return "B+", [f"{name}: {score['error']}"]
-            accuracy = score.get("accuracy")
-            if accuracy is not None and accuracy < reference - TOLERANCE[dataset]:
-                grade = "A-"
-                reasons.append(f"{name}: accuracy {accuracy:.3f} is below the reference {reference:.3f} "
-                               f"by more than {TOLERANCE[dataset]}")
-    for name, entry in report.get("generations", {}).items():
-        if "error" in entry:
-            return "B+", [f"{name}: {entry['error']}"]
-        if entry.get("flag"):
-            grade = "A-"
-            reasons.append(f"{name} flagged ({entry['flag']}): a person should read it; A if it is coherent")
-    return grade, reasons
 
 
 # ----------------------------------------------------------------------------- one submission
@@ -238,10 +150,19 @@ def grade_submission(submission: Path, name: str, args, expected: dict[str, Expe
         return report
     code = code_root(extracted)
     report["andrew_id"] = code.name if code != extracted else None
+    report["course_evidence"] = evidence = course_evidence(code)
+    if evidence and args.variant not in evidence:  # another course's files, and nothing of this one's
+        course, said = next(iter(evidence.items()))
+        report.update(status="wrong course", grade="not graded", reasons=[
+            f"This submission is for the {course} course ({'; '.join(said)}), but it is graded as the "
+            f"{args.variant} course: grade it with --variant {course}."])
+        return report
+    report["missing_student_files"] = [name for name in COURSES[args.variant].student_code
+                                       if not (code / name).is_file()]
     report["support_modules_from_solution"] = prepare_run_folder(code, work / "run", args.variant)
 
     report["checks"] = {}
-    for check in CHECKS:
+    for check in GRADER_CHECKS:
         if check not in expected:
             report["checks"][check] = {"status": "skipped", "detail": "no checkpoint for the sanity check "
                                        f"({UPSTREAM_CHECKPOINT.name} not found; give --checkpoint)"}
@@ -271,7 +192,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("submissions", nargs="+", type=Path, help="zip files or folders")
     parser.add_argument("--out", type=Path, required=True, help="folder for the work files, reports and grades.csv")
-    parser.add_argument("--variant", choices=list(REFERENCE_ACCURACY), default="layernorm",
+    parser.add_argument("--variant", choices=list(COURSES), default="layernorm",
                         help="course variant: its checks, files and reference table (default: layernorm)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="the model of the sanity check (default: stories42M.pt in the repository root, the "
@@ -281,6 +202,8 @@ def parse_args(argv):
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the gold data (default: data/)")
     parser.add_argument("--perplexity-model", type=Path, default=None,
                         help="checkpoint scoring the generations (default: stories42M.pt, else SmolLM2)")
+    parser.add_argument("--no-perplexity-model", action="store_true",
+                        help="no reference model: the generations are listed for a person only")
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="tokenizer of --perplexity-model (default: tokenizer.model; a GGUF carries its own)")
     parser.add_argument("--max-perplexity", type=float, default=1000.0,
@@ -295,20 +218,34 @@ def parse_args(argv):
     parser.add_argument("--keep", action="store_true", help="keep the work folders (default: deleted after grading)")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="grade without bubblewrap, with process limits only (see the warning it prints)")
+    parser.add_argument("--container-fallback", action="store_true",
+                        help="where bubblewrap cannot start, run the checks as an unprivileged account "
+                             "(needs root: Gradescope's container; every report says so)")
     return parser.parse_args(argv)
 
 
 def choose_sandbox(args):
-    """bubblewrap, or None (after saying why) when it is unavailable and the user did not opt out."""
+    """bubblewrap; where it cannot start, the container mode if asked for (--container-fallback);
+    else None, after saying why, unless the user opted out of a sandbox."""
     if args.unsafe_no_sandbox:
         print(f"grade: warning: --unsafe-no-sandbox: {UNSAFE_EXPLANATION}", file=sys.stderr)
         return Unsandboxed()
     try:
         return find_bubblewrap()
     except SandboxUnavailable as err:
-        print(f"grade: {err}, so submissions cannot be run in a sandbox; refusing to grade.\n"
-              f"  `--unsafe-no-sandbox` grades anyway, and that means: {UNSAFE_EXPLANATION}", file=sys.stderr)
-        return None
+        reason = err
+    if args.container_fallback:
+        try:
+            mode = ContainerAccount(str(reason), private=[args.reference_dir, args.data_dir])
+            print(f"grade: {mode.description}", file=sys.stderr)
+            return mode
+        except (SandboxUnavailable, OSError) as err:  # OSError: the references cannot be made private
+            reason = err
+    print(f"grade: {reason}, so submissions cannot be run in a sandbox; refusing to grade.\n"
+          f"  `--unsafe-no-sandbox` grades anyway, and that means: {UNSAFE_EXPLANATION}"
+          + ("" if args.container_fallback else "; as root in a container, --container-fallback runs the checks "
+             "as an unprivileged account"), file=sys.stderr)
+    return None
 
 
 def check_inputs(args) -> str | None:
@@ -347,6 +284,11 @@ def main(argv=None) -> int:
     if args.reference_dir is None or args.data_dir is None:
         print("grade: reference files or gold data not found (--reference-dir, --data-dir)", file=sys.stderr)
         return 1
+    # Absolute paths: the checks run in other folders (and a sandbox sees none of this one).
+    for flag in ("out", "reference_dir", "data_dir", "checkpoint", "perplexity_model", "tokenizer"):
+        if getattr(args, flag) is not None:
+            setattr(args, flag, getattr(args, flag).absolute())
+    args.submissions = [submission.absolute() for submission in args.submissions]
     problem = check_inputs(args)
     if problem:
         print(f"grade: {problem}", file=sys.stderr)
@@ -360,7 +302,7 @@ def main(argv=None) -> int:
     expected = prepare_expected(args.references, *VARIANT_CHECKS[args.variant], args.checkpoint, args.seed,
                                 args.out / "drawn-inputs")
 
-    scorer_files = ((args.perplexity_model, args.tokenizer or (
+    scorer_files = None if args.no_perplexity_model else ((args.perplexity_model, args.tokenizer or (
         args.perplexity_model if args.perplexity_model.suffix == ".gguf" else REPO_ROOT / "tokenizer.model"))
         if args.perplexity_model else default_perplexity_model())
     scorer = PerplexityModel(*scorer_files) if scorer_files else None
@@ -393,6 +335,10 @@ def main(argv=None) -> int:
     for report in reports:
         if report["status"] == "graded":
             report["grade"], report["reasons"] = apply_rubric(report, args.variant)
+            items = scored_items(report, args.variant)
+            report["points"] = {item.name: {"score": item.score, "max_score": item.max_score, "output": item.output}
+                                for item in items}
+            report["score"], report["max_score"] = total(items)
             report["perplexity_model"] = scorer.name if scorer else None
     write_reports(reports, args.out)
     for report in reports:

@@ -25,7 +25,8 @@ points (shipping.py): what the course's commands and checks reach, and nothing e
 to minllama/support/ on the way. Beside them: the root's documents and set-up files and
 `tests/student/`, the checks students run themselves (never the instructor tools, the benchmarks or
 the pytest suite, which tests internals against the solution). structure.md is the solution's,
-without what the course does not ship (skeleton_docs.py); the README is written for the course.
+without what the course does not ship (skeleton_docs.py); the README is written for the course, and
+so is the GitHub Classroom workflow (classroom.py: one graded step per grader check).
 Every Python file written is parsed and compiled before the tool reports success.
 instructor/fill_skeleton.py puts the solution back into a skeleton's todos, to check the skeleton.
 """
@@ -41,6 +42,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # course.py, the table of the course variants
+from classroom import WORKFLOW, workflow  # noqa: E402
 from regions import (BEGIN, END, Region, SkeletonError, fill_regions, find_regions, marker_lines,  # noqa: E402
                      select_variant_lines)
 from rewrites import (drop_docstring_paragraphs, drop_keyword, drop_parameter, drop_statements,  # noqa: E402
@@ -243,6 +245,8 @@ def build(out_dir: Path, variant_name: str = "layernorm", blank: set[str] | None
     for shipped, original in variant.references.items():
         shutil.copy2(assets / original, out_dir / shipped)
     (out_dir / "README.md").write_text(student_readme(variant.course, blanked))
+    (out_dir / WORKFLOW).parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / WORKFLOW).write_text(workflow(variant.course))  # GitHub Classroom's autograding
     return blanked
 
 

@@ -10,10 +10,10 @@ import json
 import os
 from pathlib import Path
 
-CHECKS = ("rope", "optimizer", "sanity")
+from support.course import GRADER_CHECKS as CHECKS
 
 
-def _write(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
@@ -23,9 +23,9 @@ def write_reports(reports: list[dict], out: Path) -> None:
     (out / "reports").mkdir(parents=True, exist_ok=True)
     for report in reports:
         stem = out / "reports" / report["name"]
-        _write(stem.with_suffix(".json"), json.dumps(report, indent=2))
-        _write(stem.with_suffix(".md"), markdown_report(report))
-    columns = ["name", "andrew_id", "status", "grade", *CHECKS]
+        write_atomically(stem.with_suffix(".json"), json.dumps(report, indent=2))
+        write_atomically(stem.with_suffix(".md"), markdown_report(report))
+    columns = ["name", "andrew_id", "status", "grade", "score", "max score", *CHECKS]
     accuracy_columns = sorted({name for r in reports for name in r.get("predictions", {})})
     generation_files = sorted({name for r in reports for name in r.get("generations", {})})
     table = io.StringIO()
@@ -37,13 +37,14 @@ def write_reports(reports: list[dict], out: Path) -> None:
         preds = r.get("predictions", {})
         gens = r.get("generations", {})
         writer.writerow(
-            [r["name"], r.get("andrew_id") or "", r["status"], r.get("grade", ""),
+            [r["name"], r.get("andrew_id") or "", r["status"], r.get("grade", ""), r.get("score", ""),
+             r.get("max_score", ""),
              *(checks.get(c, {}).get("status", "") for c in CHECKS),
              *(_cell(preds.get(name, {})) for name in accuracy_columns),
              *(_cell(gens.get(name, {}), "perplexity") for name in generation_files),
              "yes" if any(e.get("flag") for e in gens.values()) else "",
              " | ".join(r.get("reasons", []))])
-    _write(out / "grades.csv", table.getvalue())
+    write_atomically(out / "grades.csv", table.getvalue())
 
 
 def _cell(entry: dict, key: str = "accuracy") -> str:
@@ -57,7 +58,8 @@ def markdown_report(report: dict) -> str:
     lines = [f"# Grading report: {report['name']}", "",
              f"- submission: `{report['submission']}`", f"- Andrew ID (top-level folder): {report.get('andrew_id')}",
              f"- course variant: {report['variant']}", f"- status: **{report['status']}**",
-             f"- grade: **{report.get('grade', '')}**"]
+             f"- grade: **{report.get('grade', '')}**" + (
+                 f" (score {report['score']:g} of {report['max_score']:g} points)" if "score" in report else "")]
     if "seed" in report:
         lines.append(f"- grader checks on inputs drawn with seed {report['seed']} (as well as the upstream inputs)")
     lines.append("")
@@ -73,6 +75,10 @@ def markdown_report(report: dict) -> str:
             lines += [f"Sandbox {sandbox}.", ""]
         if report["checks"].get("sanity", {}).get("checkpoint"):
             lines += [f"The sanity check ran on `{report['checks']['sanity']['checkpoint']}`.", ""]
+    if report.get("points"):
+        lines += ["## Points", "", "| item | points | of | why |", "| --- | --- | --- | --- |"]
+        lines += [f"| {name} | {item['score']:g} | {item['max_score']:g} | {item['output'].replace('|', '/')} |"
+                  for name, item in report["points"].items()] + [""]
     if report.get("support_modules_from_solution"):
         lines += [f"Modules missing from the submission, taken from the solution: "
                   f"{', '.join(report['support_modules_from_solution'])}", ""]

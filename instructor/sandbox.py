@@ -13,11 +13,17 @@ plus a private /proc and /dev, no network (a new network namespace holds only it
 no capabilities, and its own process tree, which dies with the grader. The reference files and
 the other submissions are simply not in the view.
 
-Both kinds of run keep the same process limits (address space, CPU time, file size, a wall-clock
-limit that kills the whole process group), which bwrap and everything under it inherit.
+Where bubblewrap cannot start (a container running the grader as root without user namespaces,
+as on Gradescope), the container mode runs the check as the unprivileged account `nobody`
+instead (ContainerAccount: the references unreadable to it, the same limits, the network not cut),
+only when asked for; every report names the mode its checks ran in.
+
+Every kind of run keeps the same process limits (address space, CPU time, file size, a wall-clock
+limit that kills the whole process group, an output limit), which bwrap and everything under it inherit.
 """
 
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -60,7 +66,19 @@ def python_in_prefix() -> Path:
         return executable
 
 
-class Bubblewrap:
+class Isolation:
+    """What every way of running a check has: hooks around each run (only the container mode
+    needs them: bwrap's --die-with-parent and the killed process group clean up the others)."""
+    max_processes: int | None = None  # RLIMIT_NPROC of the check's account; None: not limited
+
+    def prepare(self, views: list[View]) -> None:
+        """Make the views usable by the account the check runs as."""
+
+    def finish(self) -> None:
+        """Stop whatever the check left running."""
+
+
+class Bubblewrap(Isolation):
     """Runs a command in a bwrap sandbox (see the module docstring)."""
 
     def __init__(self, bwrap: str):
@@ -111,7 +129,7 @@ class Bubblewrap:
             raise SandboxUnavailable(f"{self.bwrap} cannot build a sandbox here: {done.stderr.strip()[-300:]}")
 
 
-class Unsandboxed:
+class Unsandboxed(Isolation):
     """--unsafe-no-sandbox: the command runs as it is, with the process limits only."""
     description = "none (--unsafe-no-sandbox): process limits only; the code ran with the grading account's rights"
 
@@ -120,6 +138,76 @@ class Unsandboxed:
 
     def wrap(self, command: list[str], views: list[View], cwd: View | None) -> list[str]:
         return command
+
+
+class ContainerAccount(Isolation):
+    """Container mode, for where bubblewrap cannot start (Gradescope runs the grader as root in a
+    container that may forbid new namespaces): the check runs as an unprivileged account, the
+    autograder's own (ACCOUNTS: setup.sh creates it) or else `nobody`, switched to by setpriv
+    (util-linux) with no groups and no way back to root.
+    The files that account must not read (`private`: the references, the gold data) are made
+    readable by root alone; each check's writable views are handed to the account, its read-only
+    views made readable. The process limits hold as in the other modes, and the account may run at
+    most max_processes processes; after each check every process of the account is killed.
+    Unlike bubblewrap it does not cut the network or hide the system's files, and every report says so."""
+    max_processes = 256
+
+    def __init__(self, reason: str, private: list[Path]):
+        account = next(name for name in (*ACCOUNTS, None) if name is None or _exists(name))
+        if account is None:
+            raise SandboxUnavailable(f"{reason}; container mode needs one of the accounts {', '.join(ACCOUNTS)}")
+        entry = pwd.getpwnam(account)
+        setpriv = shutil.which("setpriv")
+        self.uid, self.gid, self.setpriv = entry.pw_uid, entry.pw_gid, setpriv and os.path.abspath(setpriv)
+        if os.geteuid() != 0 or self.setpriv is None:
+            raise SandboxUnavailable(f"{reason}; container mode needs root and setpriv (util-linux)")
+        for path in private:
+            _restrict(path)
+        self.description = (f"container mode (bubblewrap cannot run here: {reason}): the code ran as the "
+                            f"unprivileged account {account} (uid {self.uid}), which cannot read the references or "
+                            "the gold data, with the time, memory and output limits and at most "
+                            f"{self.max_processes} processes; the network was not cut off")
+
+    def path(self, view: View) -> str:
+        return str(view.host)
+
+    def prepare(self, views: list[View]) -> None:
+        for view in views:
+            for parent in view.host.parents:  # traversable, not listable
+                os.chmod(parent, os.stat(parent).st_mode | 0o001)
+            for path in [view.host, *(view.host.rglob("*") if view.host.is_dir() else [])]:
+                if view.writable:
+                    os.chown(path, self.uid, self.gid, follow_symlinks=False)
+                elif not path.is_symlink():
+                    os.chmod(path, os.stat(path).st_mode | (0o005 if path.is_dir() else 0o004))
+
+    def wrap(self, command: list[str], views: list[View], cwd: View | None) -> list[str]:
+        return [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs",
+                "--", *command]
+
+    def finish(self) -> None:
+        """Kill what the account left running (a process that left the check's process group)."""
+        subprocess.run(self.wrap(["kill", "-KILL", "-1"], [], None), capture_output=True)
+
+
+# The accounts the container mode runs checks as, the first that exists: gradescope.py's setup.sh
+# creates the first, which nothing else uses (finish() kills every process of the account).
+ACCOUNTS = ("minllama-student", "nobody")
+
+
+def _exists(account: str) -> bool:
+    try:
+        pwd.getpwnam(account)
+        return True
+    except KeyError:
+        return False
+
+
+def _restrict(path: Path) -> None:
+    """Readable by its owner (root) alone."""
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not item.is_symlink():
+            os.chmod(item, 0o700 if item.is_dir() else 0o600)
 
 
 def find_bubblewrap() -> Bubblewrap:
@@ -132,25 +220,61 @@ def find_bubblewrap() -> Bubblewrap:
     return sandbox
 
 
-def _limit_resources(memory_bytes: int, cpu_seconds: int):
+OUTPUT_LIMIT = 256 * 2**20  # bytes a check may print (RLIMIT_FSIZE on its log): a flood stops there
+KEPT_OUTPUT = 1024  # bytes kept from each end of a check's log: the start says what ran, the end why it stopped
+
+
+def _limit_resources(memory_bytes: int, cpu_seconds: int, max_processes: int | None):
     def apply():
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 2**20, 256 * 2**20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, OUTPUT_LIMIT))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if max_processes is not None:  # per user: it binds the container mode's own account
+            resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
     return apply
 
 
+@dataclass
+class Finished:
+    """How a limited run ended: its exit code (None: killed at the time limit), the end of its
+    output, the seconds it took and how many bytes it printed."""
+    code: int | None
+    tail: str
+    seconds: float
+    output_bytes: int
+
+    @property
+    def output_limit_hit(self) -> bool:
+        return self.output_bytes >= OUTPUT_LIMIT
+
+
+def trim_log(log: Path) -> str:
+    """Keep the first and last KEPT_OUTPUT bytes of a log, with a line saying how much was cut;
+    returns the last 4000 bytes, the part a report quotes."""
+    size = log.stat().st_size
+    with open(log, "rb") as output:
+        output.seek(max(0, size - 4000))
+        tail = output.read().decode(errors="replace")
+        if size > 2 * KEPT_OUTPUT:
+            output.seek(0)
+            head = output.read(KEPT_OUTPUT)
+            output.seek(size - KEPT_OUTPUT)
+            end = output.read()
+            log.write_bytes(head + f"\n[... {size - 2 * KEPT_OUTPUT} bytes cut ...]\n".encode() + end)
+    return tail
+
+
 def run_limited(command: list[str], cwd: Path, env: dict, timeout_s: float, memory_mb: int,
-                log: Path) -> tuple[int | None, str, float]:
+                log: Path, max_processes: int | None = None) -> Finished:
     """Run `command` in its own session with rlimits; kill its whole process group at the time
-    limit (bwrap's --die-with-parent takes the sandbox down with it). Returns (exit code or None
-    on timeout, the output's tail, seconds)."""
+    limit (bwrap's --die-with-parent takes the sandbox down with it). Its output goes to `log`,
+    trimmed afterwards to its two ends (trim_log)."""
     start = time.monotonic()
     with open(log, "wb") as output:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   preexec_fn=_limit_resources(memory_mb * 2**20, int(timeout_s) + 5))
+                                   preexec_fn=_limit_resources(memory_mb * 2**20, int(timeout_s) + 5, max_processes))
         try:
             code = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -161,10 +285,8 @@ def run_limited(command: list[str], cwd: Path, env: dict, timeout_s: float, memo
             except ProcessLookupError:
                 pass
             process.wait()
-    with open(log, "rb") as output:
-        output.seek(max(0, log.stat().st_size - 4000))
-        tail = output.read().decode(errors="replace")
-    return code, tail, time.monotonic() - start
+    size = log.stat().st_size
+    return Finished(code, trim_log(log), time.monotonic() - start, size)
 
 
 def remove(path: Path) -> None:

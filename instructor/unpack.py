@@ -3,15 +3,19 @@
 A submission is a zip made by prepare_submit.py (one folder named after the Andrew ID) or a
 folder. Absolute paths, `..`, symlinks, too many files or too many bytes are refused: sizes are
 checked in the zip headers and again while streaming, since headers can lie (a zip bomb declares
-a small size and inflates to gigabytes).
+a small size and inflates to gigabytes). Which course a submission's files were written for is
+read here too (course_evidence), before any of its code runs.
 """
 
+import ast
 import os
 import re
 import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from support.course import COURSES
 
 
 class Rejected(Exception):
@@ -102,3 +106,41 @@ def code_root(extracted: Path) -> Path:
         return entries[0]
     return extracted
 
+
+
+def course_evidence(code: Path) -> dict[str, list[str]]:
+    """What in a submission's files says which course it was written for, by course: the course
+    its skeleton's table names (THIS_COURSE, read from the syntax tree, never run), the files only
+    one course has (lora.py and the LoRA outputs: the CMU course), and the LUH course's AdamW,
+    which has no max_grad_norm at all. Empty when nothing tells."""
+    evidence: dict[str, list[str]] = {}
+    for table in (code / "minllama" / "support" / "course.py", code / "support" / "course.py"):
+        named = _assigned_string(table, "THIS_COURSE") if table.is_file() else None
+        if named in COURSES:
+            evidence.setdefault(named, []).append(f"{table.relative_to(code)} names it (THIS_COURSE = {named!r})")
+    for course in COURSES.values():
+        others = set().union(*(c.output_files() | set(c.modules) for c in COURSES.values() if c is not course))
+        own = [name for name in [*course.modules, *sorted(course.output_files())]  # its modules first
+               if name not in others and (code / name).is_file()]
+        if own:
+            evidence.setdefault(course.name, []).append(f"it has {', '.join(own)}, which only this course has")
+    optimizer = code / "optimizer.py"
+    if optimizer.is_file() and "max_grad_norm" not in optimizer.read_text(errors="replace"):
+        unclipped = [c.name for c in COURSES.values() if c.max_grad_norm is None]
+        for name in unclipped:
+            evidence.setdefault(name, []).append("its optimizer.py has no max_grad_norm (this course's AdamW does "
+                                                 "not clip)")
+    return evidence
+
+
+def _assigned_string(path: Path, name: str) -> str | None:
+    """The string a module assigns to `name` at its top level, if it does."""
+    try:
+        tree = ast.parse(path.read_text(errors="replace"))
+    except SyntaxError:
+        return None
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Constant) \
+                and any(isinstance(t, ast.Name) and t.id == name for t in getattr(node, "targets", [node.target])):
+            return node.value.value if isinstance(node.value.value, str) else None
+    return None

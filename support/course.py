@@ -72,6 +72,14 @@ class Course:
                 table.setdefault((dataset, method.output), {})[split] = accuracy
         return table
 
+    def points(self) -> dict[str, float]:
+        """The most points each graded item can earn, in the order the reports list them: the
+        grader checks, then the prediction files, then the generations (POINTS below)."""
+        outputs = sorted(self.output_files() - set(GENERATION_FILES))
+        return {**{check: POINTS[check] for check in GRADER_CHECKS},
+                **{name: POINTS["prediction file"] for name in outputs},
+                **{name: POINTS["generation file"] for name in GENERATION_FILES}}
+
     def explicit_reference(self, upstream: str) -> str:
         """The explicit name (as in the solution and in assets/reference) of one reference file."""
         return dict(self.references)[upstream]
@@ -84,6 +92,16 @@ class Course:
 STUDENT_CODE = ("run_llama.py", "llama.py", "rope.py", "optimizer.py", "classifier.py")
 GENERATION_FILES = ("generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt")
 DATASETS, SPLITS = ("sst", "cfimdb"), ("dev", "test")
+# The grader checks, with the titles the reports, Gradescope and GitHub Classroom give them.
+GRADER_CHECKS = {"rope": "RoPE check (rope_test.py)", "optimizer": "optimizer check (optimizer_test.py)",
+                 "sanity": "sanity check (sanity_check.py)"}
+# Points, for platforms that score rather than letter (Gradescope, GitHub Classroom): the default of
+# every grader check and output file, the one place to change them. The upstream rubric's letter
+# (B+: sanity and optimizer pass; A: the accuracies within tolerance of the reference table) is
+# computed apart from them and shown beside the score. A prediction file earns its points when it
+# is well-formed and its accuracy is within the rubric's tolerance (or has no gold labels to score);
+# a generation when it is there, not empty and not flagged for a person to read.
+POINTS = {"rope": 10, "optimizer": 15, "sanity": 25, "prediction file": 5, "generation file": 5}
 ROPE_REFERENCE, OPTIMIZER_REFERENCE, SANITY_REFERENCE = (
     "rotary_embedding_actual.data", "optimizer_test.npy", "sanity_check.data")
 

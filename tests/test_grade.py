@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import types
 import uuid
@@ -30,18 +31,18 @@ import torch
 from config import LlamaConfig
 from llama import Llama
 from support.course import COURSES
-from testkit import skip_or_fail
+from testkit import ANDREW_ID, skip_or_fail, solution_code, write_submission, zip_folder
 from utils import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "instructor"))
 import checks  # noqa: E402
 import drawn_inputs  # noqa: E402
 import grade  # noqa: E402
+import rubric  # noqa: E402
 import sandbox  # noqa: E402
 import unpack  # noqa: E402
-from make_skeleton import find_assets, source_files  # noqa: E402
+from make_skeleton import find_assets  # noqa: E402
 
-ANDREW_ID = "student1"
 ROPE_REFERENCE = "rotary_embedding_actual.data"
 
 
@@ -63,40 +64,6 @@ def require_bubblewrap(batch_or_none=None):
     if working_bubblewrap() is None or (batch_or_none is not None and not batch_or_none["sandboxed"]):
         skip_or_fail("bubblewrap (bwrap) is not installed or cannot create namespaces here: "
                      "apt-get install bubblewrap")
-
-
-def solution_code() -> dict[str, str]:
-    """The solution's top-level Python files: a submission that implements everything."""
-    return {path: (REPO_ROOT / path).read_text() for path in source_files() if "/" not in path and path.endswith(".py")}
-
-
-def write_submission(folder: Path, data_dir: Path, predict, code_overrides=None, extra_files=()) -> Path:
-    """A submission folder ANDREW_ID/ with code (the solution's, with `code_overrides`; an override
-    None leaves that file out), predictions (predict(gold_label, n_labels)), generations and
-    `extra_files` copied in."""
-    root = folder / ANDREW_ID
-    root.mkdir(parents=True)
-    for name, text in {**solution_code(), **(code_overrides or {})}.items():
-        if text is not None:  # None: the submission leaves the file out
-            (root / name).write_text(text)
-    for path in extra_files:
-        shutil.copy2(path, root / path.name)
-    for dataset, n_labels in (("sst", 5), ("cfimdb", 2)):
-        for split in ("dev", "test"):
-            gold = grade.read_labelled(data_dir / f"{dataset}-{split}.txt")
-            for run in ("prompting", "finetuning", "lora"):
-                lines = [f"{predict(label, n_labels)} ||| {sentence}" for label, sentence in gold]
-                (root / f"{dataset}-{split}-{run}-output.txt").write_text("\n".join(lines) + "\n")
-    for name in grade.GENERATION_FILES:
-        (root / name).write_text("Once upon a time, there was a little girl named Lily. She loved to play.")
-    return root
-
-
-def zip_folder(folder: Path, zip_path: Path) -> Path:
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            archive.write(path, path.relative_to(folder).as_posix())
-    return zip_path
 
 
 def hostile_zips(folder: Path, outside: Path) -> dict[str, Path]:
@@ -210,12 +177,16 @@ def batch(tmp_path_factory):
                                                "        return None\n"),
         "memory-hog": optimizer.replace(solution_step, solution_step + "        hoard = []\n        while True:\n"
                                         "            hoard.append(bytearray(2**26))\n"),
+        "flood": optimizer.replace(solution_step, solution_step + "        while True:\n"
+                                   "            print('A' * 2**20)\n"),
     }
     builds = [*[(name, lambda label, n: label, {"optimizer.py": code}, ()) for name, code in broken.items()],
               ("perfect", lambda label, n: label, None, ()), ("random", lambda label, n: rng.randrange(n), None, ())]
     student_code = set(COURSES["layernorm"].student_code)  # what prepare_submit.py zips (grade.py's default course)
     builds.append(("student-files-only", lambda label, n: label,
                    {name: None for name in solution_code() if name not in student_code}, ()))
+    builds.append(("broken-rope", lambda label, n: label, {"rope.py": (REPO_ROOT / "rope.py").read_text().replace(
+        "x_even * c - x_odd * s, x_even * s + x_odd * c", "x_even * c + x_odd * s, x_even * s + x_odd * c")}, ()))
 
     sandboxed = working_bubblewrap() is not None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
@@ -240,15 +211,20 @@ def batch(tmp_path_factory):
     submissions += list(hostile_zips(tmp, outside).values())
 
     # 40 s per check: the passing ones take 5-15 s on two busy cores, and the hanging one's 40 s
-    # pass while the others are graded.
+    # pass while the others are graded. Run from another folder, with paths relative to it: the
+    # sandbox must get them resolved.
+    elsewhere = os.getcwd()
+    os.chdir(tmp)
     try:
-        code = grade.main([*map(str, submissions), "--out", str(out), "--checkpoint", str(checkpoint),
+        code = grade.main([*(str(path.relative_to(tmp)) for path in submissions), "--out", "out",
+                           "--checkpoint", "tiny.pt",
                            "--reference-dir", str(references), "--data-dir", str(data_dir),
                            "--perplexity-model", str(checkpoint), "--tokenizer", str(tokenizer),
                            "--max-perplexity", "1e9", "--timeout", "40", "--memory-mb", "1500",
                            "--max-bytes", str(16 * 2**20), "--jobs", "3",
                            *([] if sandboxed else ["--unsafe-no-sandbox"])])
     finally:
+        os.chdir(elsewhere)
         server.shutdown()
     assert code == 0
     reports = {p.stem: json.loads(p.read_text()) for p in (out / "reports").glob("*.json")}
@@ -276,6 +252,31 @@ def test_a_submission_of_the_student_files_alone_gets_every_check(batch):
     assert {"config.py", "tokenizer.py", "minllama/support/rope_scaling.py", "minllama/support/course.py"} <= taken
 
 
+def test_points_per_check_and_per_output_file_beside_the_letter(batch):
+    perfect, rope = batch["reports"]["perfect"], batch["reports"]["broken-rope"]
+    points = COURSES["layernorm"].points()
+    assert perfect["max_score"] == sum(points.values()) and perfect["score"] == perfect["max_score"]
+    assert list(perfect["points"]) == list(points)
+    assert rope["score"] == perfect["max_score"] - points["rope"] - points["sanity"]
+    assert "score 120 of 120 points" in (batch["out"] / "reports" / "perfect.md").read_text()
+
+
+def test_reasons_are_sentences_that_name_each_failing_check(batch):
+    reasons = batch["reports"]["broken-rope"]["reasons"]
+    assert [reason.split(":")[0] for reason in reasons] == ["The RoPE check (rope_test.py) failed",
+                                                          "The sanity check (sanity_check.py) failed"]
+    assert all(reason.endswith(".") for reason in reasons)
+    reasons = batch["reports"]["failing-optimizer"]["reasons"]
+    assert len(reasons) == 1 and reasons[0].startswith("The optimizer check (optimizer_test.py) failed: ")
+
+
+def test_an_output_flood_is_stopped_and_named(batch):
+    report = batch["reports"]["flood"]
+    optimizer = report["checks"]["optimizer"]
+    assert optimizer["status"] == "output limit" and optimizer["detail"].startswith("output limit (256 MiB) exceeded")
+    assert "AAAA" not in " ".join(report["reasons"])
+
+
 def test_every_check_names_its_sandbox_and_what_it_was_compared_with(batch):
     report = batch["reports"]["perfect"]
     assert isinstance(report["seed"], int)
@@ -285,7 +286,7 @@ def test_every_check_names_its_sandbox_and_what_it_was_compared_with(batch):
         assert check["compared with"][-1] == f"inputs drawn with seed {report['seed']}"
     assert report["checks"]["rope"]["compared with"][0] == f"upstream reference {ROPE_REFERENCE}"
     # not stories42M.pt: no upstream reference applies, the solution on the given checkpoint does
-    assert report["checks"]["sanity"]["checkpoint"] == str(batch["checkpoint"])
+    assert report["checks"]["sanity"]["checkpoint"] == str(batch["checkpoint"])  # resolved: given as tiny.pt
     assert report["checks"]["sanity"]["compared with"][0] == "the solution on the upstream batch"
     assert f"ran on `{batch['checkpoint']}`" in (batch["out"] / "reports" / "perfect.md").read_text()
 
@@ -435,6 +436,87 @@ def test_keep_keeps_the_work_folders(quick_run):
     assert not (out / "work").exists() and not (out / "drawn-inputs").exists()
 
 
+def test_a_skipped_check_is_named_and_a_passing_one_is_not():
+    checks_run = {"rope": {"status": "passed"}, "optimizer": {"status": "passed"},
+                  "sanity": {"status": "skipped", "detail": "no checkpoint for the sanity check"}}
+    grade_, reasons = rubric.apply_rubric({"checks": checks_run, "predictions": {}}, "layernorm")
+    assert (grade_, reasons) == ("B or below", ["The sanity check (sanity_check.py) was skipped: no checkpoint for "
+                                                "the sanity check."])
+
+
+def test_a_submission_for_the_other_course_is_not_graded(tmp_path, monkeypatch, capsys):
+    """A CMU (layernorm) submission graded as the LUH (rmsnorm) course: it has lora.py and the LoRA
+    outputs, which only the CMU course has, so it is reported, not given the rmsnorm grade."""
+    data_dir = require(grade.find_data_dir(), "gold data")
+    monkeypatch.setattr(grade, "default_perplexity_model", lambda: None)
+    folder = write_submission(tmp_path / "cmu", data_dir, lambda label, n: label).parent
+    code = grade.main([str(folder), "--out", str(tmp_path / "out"), "--variant", "rmsnorm", "--unsafe-no-sandbox",
+                       "--reference-dir", str(require(find_assets(), "grader reference files")),
+                       "--data-dir", str(data_dir)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "reports" / "cmu.json").read_text())
+    assert report["status"] == "wrong course" and report["grade"] == "not graded"
+    assert "for the layernorm course (it has lora.py" in report["reasons"][0]
+    assert "--variant layernorm" in report["reasons"][0] and "checks" not in report
+
+
+def test_what_tells_a_submission_s_course(tmp_path):
+    (tmp_path / "optimizer.py").write_text("class AdamW:\n    pass\n")
+    assert list(unpack.course_evidence(tmp_path)) == ["rmsnorm"]
+    (tmp_path / "minllama" / "support").mkdir(parents=True)
+    (tmp_path / "minllama" / "support" / "course.py").write_text('THIS_COURSE: str | None = "layernorm"\n')
+    (tmp_path / "optimizer.py").write_text("def step(max_grad_norm=None): ...\n")
+    assert unpack.course_evidence(tmp_path) == {
+        "layernorm": ["minllama/support/course.py names it (THIS_COURSE = 'layernorm')"]}
+
+
+def test_a_check_log_keeps_its_first_and_last_kilobyte(tmp_path):
+    run = sandbox.run_limited([sys.executable, "-c", "print('B' * 5000 + 'END')"], tmp_path, {}, 30, 2000,
+                              tmp_path / "check.log")
+    log = (tmp_path / "check.log").read_text()
+    assert run.code == 0 and run.output_bytes == 5004 and not run.output_limit_hit
+    assert log.startswith("B" * 1024) and log.endswith("END\n") and "[... 2956 bytes cut ...]" in log
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary folder outside pytest's base folder, which another pytest session makes private
+    again (0700) when it starts: an unprivileged account must reach this one."""
+    folder = Path(tempfile.mkdtemp(prefix="minllama-grade-test-"))
+    yield folder
+    sandbox.remove(folder)
+
+
+def test_the_container_mode_runs_as_an_account_that_cannot_read_the_references(open_tmp):
+    """Where bubblewrap cannot start (a container as root), the checks run as an unprivileged account."""
+    if os.geteuid() != 0:
+        pytest.skip("the container mode needs root (Gradescope's container runs the grader as root)")
+    tmp_path = open_tmp
+    private, shared = tmp_path / "references", tmp_path / "shared"
+    for folder in (private, shared, tmp_path / "ro", tmp_path / "rw"):
+        folder.mkdir()
+    (private / "answer.data").write_text("the answer")
+    (tmp_path / "ro" / "harness.py").write_text("print('harness')")
+    mode = sandbox.ContainerAccount("bwrap: no namespaces", private=[private])
+    views = [sandbox.View("ro", tmp_path / "ro"), sandbox.View("rw", tmp_path / "rw", writable=True)]
+    mode.prepare(views)
+    probe = ("import os\n"
+             "def attempt(what, action):\n"
+             "    try:\n        action()\n        print(what, 'allowed')\n"
+             "    except OSError:\n        print(what, 'refused')\n"
+             f"attempt('read references', lambda: open({str(private / 'answer.data')!r}).read())\n"
+             f"attempt('read ro', lambda: open({str(tmp_path / 'ro' / 'harness.py')!r}).read())\n"
+             f"attempt('write ro', lambda: open({str(tmp_path / 'ro' / 'x')!r}, 'w'))\n"
+             f"attempt('write rw', lambda: open({str(tmp_path / 'rw' / 'x')!r}, 'w'))\n"
+             "print(os.getuid() != 0)\n")
+    run = sandbox.run_limited(mode.wrap([str(sandbox.python_in_prefix()), "-I", "-c", probe], views, None),
+                              tmp_path / "rw", {}, 60, 2000, tmp_path / "probe.log", mode.max_processes)
+    mode.finish()
+    assert run.tail.split("\n") == ["read references refused", "read ro allowed", "write ro refused",
+                                     "write rw allowed", "True", ""], run.tail
+    assert "container mode" in mode.description and "unprivileged account" in mode.description
+
+
 def test_the_sandbox_sees_only_its_views(tmp_path):
     """Read-only and writable views, and nothing else: not the host's files, not the network."""
     require_bubblewrap()
@@ -580,7 +662,7 @@ def test_folder_submissions_are_copied_without_following_symlinks(tmp_path):
 
 
 def test_flagging_outlier_generations():
-    reports = [{"generations": {name: {"perplexity": p} for name in grade.GENERATION_FILES}}
+    reports = [{"generations": {name: {"perplexity": p} for name in rubric.GENERATION_FILES}}
                for p in (10, 11, 12, 13, 90, 5000)]
     grade.flag_generations(reports, max_perplexity=1000)
     flags = [r["generations"]["generated-sentence-temp-0.txt"].get("flag") for r in reports]

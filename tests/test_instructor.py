@@ -335,7 +335,7 @@ def test_skeleton_builds_imports_and_fails_exactly_at_the_todos(course):
     assert not (tree / "instructor").exists() and not (tree / "bench").exists()
     assert sorted(p.name for p in (tree / "tests").iterdir()) == ["student"]
     assert (tree / "lora.py").exists() == ("lora" in spec.course.options)
-    assert sorted(p.name for p in tree.iterdir() if p.is_dir()) == ["data", "minllama", "tests"]
+    assert sorted(p.name for p in tree.iterdir() if p.is_dir()) == [".github", "data", "minllama", "tests"]
     for shipped in spec.references:
         assert (tree / shipped).is_file()
     for path in tree.rglob("*.py"):
@@ -475,7 +475,8 @@ def test_make_skeleton_outside_a_git_checkout_says_so(tmp_path):
     (copy / "instructor").mkdir(parents=True)
     (copy / "support").mkdir()
     for name in ("instructor/make_skeleton.py", "instructor/regions.py", "instructor/rewrites.py",
-                 "instructor/skeleton_docs.py", "instructor/shipping.py", "support/__init__.py", "support/course.py"):
+                 "instructor/skeleton_docs.py", "instructor/shipping.py", "instructor/classroom.py",
+                 "support/__init__.py", "support/course.py"):
         shutil.copy(REPO_ROOT / name, copy / name)
     result = subprocess.run([sys.executable, str(copy / "instructor" / "make_skeleton.py"), str(tmp_path / "out"),
                              "--assets", str(assets())], capture_output=True, text=True, cwd=tmp_path,

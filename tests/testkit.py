@@ -7,8 +7,10 @@ imports another: what two share lives here (helpers) or in conftest.py (fixtures
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 
 from config import LlamaConfig
 from llama import Llama
+from support.course import GENERATION_FILES
 from utils import REPO_ROOT
 
 
@@ -116,3 +119,47 @@ def left_pad(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     idx = torch.stack([F.pad(p, (length - len(p), 0)) for p in prompts])
     mask = torch.stack([F.pad(torch.ones_like(p), (length - len(p), 0)) for p in prompts])
     return idx, mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Submissions for the autograder (tests/test_grade.py, test_gradescope.py)
+
+ANDREW_ID = "student1"
+
+
+def solution_code() -> dict[str, str]:
+    """The solution's top-level Python files: a submission that implements everything."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    return {path: (REPO_ROOT / path).read_text() for path in files
+            if "/" not in path and path.endswith(".py") and (REPO_ROOT / path).is_file()}
+
+
+def write_submission(folder: Path, data_dir: Path, predict, code_overrides=None, extra_files=()) -> Path:
+    """A submission folder ANDREW_ID/ with code (the solution's, with `code_overrides`; an override
+    None leaves that file out), predictions (predict(gold_label, n_labels)), generations and
+    `extra_files` copied in."""
+    root = folder / ANDREW_ID
+    root.mkdir(parents=True)
+    for name, text in {**solution_code(), **(code_overrides or {})}.items():
+        if text is not None:  # None: the submission leaves the file out
+            (root / name).write_text(text)
+    for path in extra_files:
+        shutil.copy2(path, root / path.name)
+    for dataset, n_labels in (("sst", 5), ("cfimdb", 2)):
+        for split in ("dev", "test"):
+            gold = [[part.strip() for part in line.split("|||", 1)]
+                    for line in (data_dir / f"{dataset}-{split}.txt").read_text().splitlines() if line.strip()]
+            for run in ("prompting", "finetuning", "lora"):
+                lines = [f"{predict(label, n_labels)} ||| {sentence}" for label, sentence in gold]
+                (root / f"{dataset}-{split}-{run}-output.txt").write_text("\n".join(lines) + "\n")
+    for name in GENERATION_FILES:
+        (root / name).write_text("Once upon a time, there was a little girl named Lily. She loved to play.")
+    return root
+
+
+def zip_folder(folder: Path, zip_path: Path) -> Path:
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, path.relative_to(folder).as_posix())
+    return zip_path

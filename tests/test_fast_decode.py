@@ -80,9 +80,12 @@ def test_stop_tokens_and_sampling_follow_llama_generate():
     assert torch.equal(runs[0], runs[1])
 
 
-def test_int8_tokens_equal_the_int8_model_through_llama_generate():
-    """The fused q/k/v and w1/w3 int8 layers compute what the separate ones do (per-row scales)."""
-    model = prepare_for_inference(tiny_llama(dim=64, hidden_dim=96), quantize="int8")
+@pytest.mark.parametrize("bits", ["int8", "int4"])
+def test_quantised_tokens_equal_the_quantised_model_through_llama_generate(bits):
+    """The fused q/k/v and w1/w3 quantised layers compute what the separate ones do (per-row scales,
+    per-group scales)."""
+    model = prepare_for_inference(tiny_llama(dim=64, hidden_dim=96), quantize=bits)
+    assert fast_decode.covers(model, 20)
     idx = random_tokens(1, 5)
     assert torch.equal(fast_decode.generate(model, idx, 15, temperature=0.0), model.generate(idx, 15, temperature=0.0))
 

@@ -31,24 +31,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama import KVCache, Llama, RMSNorm, sample_next_token
-from minllama.inference.quantize import Int8Linear, concat_int8
+from minllama.inference import quantize
 from rope import precompute_freqs_cos_sin
 
 
 def fusable(linears: list[nn.Module]) -> bool:
-    """Whether fuse() takes these: all plain nn.Linear, or all Int8Linear."""
-    return all(type(m) is nn.Linear for m in linears) or all(type(m) is Int8Linear for m in linears)
+    """Whether fuse() takes these: all plain nn.Linear, or quantised layers of one kind that concatenate."""
+    return all(type(m) is nn.Linear for m in linears) or quantize.fusable(linears)
 
 
 def fuse(linears: list[nn.Module]) -> nn.Module:
     """One bias-free linear layer whose outputs are those of `linears` side by side: the input
-    is read (and, for int8, quantised) once, and one matrix product replaces several."""
+    is read once, and one matrix product replaces several."""
     if all(type(m) is nn.Linear for m in linears):
         fused = nn.Linear(linears[0].in_features, sum(m.out_features for m in linears), bias=False,
                           device="meta")
         fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in linears]), requires_grad=False)
         return fused
-    return concat_int8(linears)
+    return type(linears[0]).concat(linears)
 
 
 def rotary_table(model: Llama) -> torch.Tensor:
@@ -129,7 +129,7 @@ def covers(model: Llama, total_len: int) -> bool:
     """Whether this path can decode: an inference model whose window never slides (Llama.generate
     re-encodes the whole window at every step once it has; nothing is left to save there), of
     Llama 2's own architecture (not a pre-training ablation, architectures.py), whose projections
-    fuse (plain or int8 linear layers, not e.g. LoRA-wrapped ones)."""
+    fuse (plain or quantised linear layers, not e.g. LoRA-wrapped ones)."""
     if model.training or total_len > model.config.max_seq_len or model.config.architecture_changes():
         return False
     groups = [[layer.attention.compute_query, layer.attention.compute_key, layer.attention.compute_value]

@@ -160,3 +160,19 @@ def test_compile_flag_is_for_generate_and_a_missing_compiler_is_one_line(tmp_pat
                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode != 0 and "Traceback" not in child.stderr, child.stderr[-2000:]
     assert "--compile: torch.compile could not build its kernels here" in child.stderr
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=1.0, epsilon=0.0, top_p=0.9)])
+def test_chat_replies_are_the_same_tokens_on_the_fast_path(sampling):
+    """--option chat decodes on the fast path (chat.reply_tokens): greedy and seeded sampling give
+    the tokens of Llama's own cache, as before."""
+    from minllama.inference.chat import reply_tokens
+
+    model = tiny_llama()
+    prompt = random_tokens(1, 7)[0].tolist()
+    step = fast_decode.DecodingStep(model)
+    replies = []
+    for fast in (step, None):
+        torch.manual_seed(5)
+        replies.append(list(reply_tokens(model, prompt, 12, fast, **sampling)))
+    assert replies[0] == replies[1] and len(replies[0]) == 12

@@ -141,11 +141,11 @@ class DecodingStep(nn.Module):
 
 
 def covers(model: Llama, total_len: int) -> bool:
-    """Whether this path can decode: an inference model whose window never slides (Llama.generate
-    re-encodes the whole window at every step once it has; nothing is left to save there), of
-    Llama 2's own architecture (not a pre-training ablation, architectures.py), whose projections
+    """Whether this path can decode: a Llama (not another model with its interface) in inference
+    mode, whose window never slides (Llama.generate re-encodes the whole window at every step once
+    it has; nothing is left to save there), of Llama 2's own architecture (not a pre-training ablation, architectures.py), whose projections
     fuse (plain or quantised linear layers, not e.g. LoRA-wrapped ones)."""
-    if model.training or total_len > model.config.max_seq_len or model.config.architecture_changes():
+    if not isinstance(model, Llama) or model.training or total_len > model.config.max_seq_len or model.config.architecture_changes():
         return False
     groups = [[layer.attention.compute_query, layer.attention.compute_key, layer.attention.compute_value]
               for layer in model.layers] + [[layer.feed_forward.w1, layer.feed_forward.w3] for layer in model.layers]

@@ -80,9 +80,12 @@ def test_stop_tokens_and_sampling_follow_llama_generate():
     assert torch.equal(runs[0], runs[1])
 
 
-def test_int8_tokens_equal_the_int8_model_through_llama_generate():
-    """The fused q/k/v and w1/w3 int8 layers compute what the separate ones do (per-row scales)."""
-    model = prepare_for_inference(tiny_llama(dim=64, hidden_dim=96), quantize="int8")
+@pytest.mark.parametrize("bits", ["int8", "int4"])
+def test_quantised_tokens_equal_the_quantised_model_through_llama_generate(bits):
+    """The fused q/k/v and w1/w3 quantised layers compute what the separate ones do (per-row scales,
+    per-group scales)."""
+    model = prepare_for_inference(tiny_llama(dim=64, hidden_dim=96), quantize=bits)
+    assert fast_decode.covers(model, 20)
     idx = random_tokens(1, 5)
     assert torch.equal(fast_decode.generate(model, idx, 15, temperature=0.0), model.generate(idx, 15, temperature=0.0))
 
@@ -157,3 +160,19 @@ def test_compile_flag_is_for_generate_and_a_missing_compiler_is_one_line(tmp_pat
                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode != 0 and "Traceback" not in child.stderr, child.stderr[-2000:]
     assert "--compile: torch.compile could not build its kernels here" in child.stderr
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=1.0, epsilon=0.0, top_p=0.9)])
+def test_chat_replies_are_the_same_tokens_on_the_fast_path(sampling):
+    """--option chat decodes on the fast path (chat.reply_tokens): greedy and seeded sampling give
+    the tokens of Llama's own cache, as before."""
+    from minllama.inference.chat import reply_tokens
+
+    model = tiny_llama()
+    prompt = random_tokens(1, 7)[0].tolist()
+    step = fast_decode.DecodingStep(model)
+    replies = []
+    for fast in (step, None):
+        torch.manual_seed(5)
+        replies.append(list(reply_tokens(model, prompt, 12, fast, **sampling)))
+    assert replies[0] == replies[1] and len(replies[0]) == 12

@@ -15,8 +15,9 @@ def add_flags(parser) -> None:
     group = parser.add_argument_group("inference (generate, prompt, chat)")
     group.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                        help="generate, prompt, chat: the weights' type (float32 matches the graders' references)")
-    group.add_argument("--quantize", choices=("int8",), default=None,
-                       help="generate, prompt, chat: int8 weights and activations in the linear layers (quantize.py)")
+    group.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                       help="generate, prompt, chat: int8 weights, or int4 in groups of 32, in the linear layers "
+                            "(quantize.py; CPU kernels)")
     group.add_argument("--compile", action="store_true",
                        help="generate: torch.compile the one-token decoding step (fast_decode.py; the same tokens; "
                             "needs a C++ compiler, and compiling takes tens of seconds)")
@@ -40,7 +41,7 @@ def check(args) -> None:
     if args.max_new_tokens < 1:
         raise RunError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
     if args.quantize is not None and args.dtype != "float32":
-        raise RunError("--quantize int8 quantises float32 weights: leave out --dtype")
+        raise RunError(f"--quantize {args.quantize} quantises float32 weights: leave out --dtype")
     if (args.quantize or args.dtype != "float32") and args.option not in ("generate", "prompt", "chat"):
         raise RunError("--quantize and --dtype are for inference (generate, prompt, chat); training stays float32")
     if args.compile and (args.option != "generate" or args.min_p is not None or args.repetition_penalty is not None):
@@ -48,10 +49,17 @@ def check(args) -> None:
                        "--repetition_penalty, which hook into Llama.generate)")
 
 
+def check_device(quantize: str | None, device) -> None:
+    if quantize == "int4" and device.type != "cpu":
+        raise RunError(f"--quantize int4 runs on torch's int4 CPU kernel, not on {device.type}: "
+                       "use --quantize int8 or --dtype bfloat16 there, or --device cpu")
+
+
 def load_for_inference(args, device):
     """The checkpoint the flags name, with its tokenizer, as --dtype / --quantize ask."""
     from minllama.inference.quantize import prepare_for_inference
 
+    check_device(args.quantize, device)
     model, tokenizer = load_model_and_tokenizer(args, device)
     return prepare_for_inference(model, args.dtype, args.quantize).to(device), tokenizer
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from minllama.cli.classify import classify
 from minllama.cli.common import RunError, checkpoint_shape, data_paths
+from minllama.cli.inference import check_device
 from minllama.methods.wise_ft import parse_alphas
 from minllama.training.data import check_labels, has_placeholder_labels, read_examples
 from support.adapters import parse_targets
@@ -105,6 +106,7 @@ def run(args, device, dist, out_dir: Path) -> dict:
                             chat_template=args.chat_template, peft=shape["peft"], head_init=shape["head_init"],
                             mixout=args.mixout)
 
+    check_device(args.quantize, device)
     sweep = WiseFTSweep(tuple(parse_alphas(args.wise_ft))) if args.wise_ft is not None else None
     if sweep is not None and has_placeholder_labels(data_paths(args)["dev"]):
         raise RunError(f"--wise_ft needs real dev labels, but those of {data_paths(args)['dev']} are placeholders")

@@ -10,7 +10,8 @@ and helpers transformers gives it (`messages`, `add_generation_prompt`, `bos_tok
 `eos_token`, `raise_exception`, a `tojson` that keeps non-ASCII text), so it renders here as it
 renders there.
 
-The reply is generated token by token on a key/value cache and printed as it comes; it ends
+The reply is generated token by token (on the fast decoding path, fast_decode.py, where it
+covers the model; else on Llama's key/value cache) and printed as it comes; it ends
 at the template's end-of-turn marker (what the template writes right after an assistant's words,
 `<|im_end|>` for ChatML) or at EOS.
 """
@@ -26,6 +27,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llama import sample_next_token
+from minllama.inference import fast_decode
 
 # For a model that brings no template (stories42M, a SentencePiece model): one line per turn,
 # so the answer ends at the end of its line.
@@ -149,22 +151,36 @@ def stop_condition(template: ChatTemplate, tokenizer) -> tuple[set[int], str | N
     return {tokenizer.eos_id}, template.end_of_turn or None
 
 
-@torch.no_grad()
+def reply_tokens(model, prompt_ids: list[int], max_new_tokens: int, step=None, **sampling):
+    """The reply's token ids, one by one: on the fast decoding path (fast_decode.py, with its
+    DecodingStep `step`) where it covers the model, else on Llama's own cache, where the prompt
+    runs once and every later step feeds only the newest token. Both give the same tokens in
+    float32 (tests/test_fast_decode.py)."""
+    tokens = torch.tensor([prompt_ids], device=model.device)  # (1, T), then (1, 1)
+    if step is not None and fast_decode.covers(model, len(prompt_ids) + max_new_tokens):
+        for next_token in fast_decode.decoded_tokens(model, tokens, max_new_tokens, step, **sampling):
+            yield int(next_token)
+        return
+    cache = model.new_kv_cache(1, len(prompt_ids) + max_new_tokens)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits, _ = model(tokens, kv_cache=cache)  # (1, 1, V)
+            next_id = int(sample_next_token(logits[:, -1, :], **sampling))
+            yield next_id
+            tokens = tokens.new_tensor([[next_id]])
+
+
 def stream_reply(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, stop_ids=frozenset(),
-                 stop_text: str | None = None, **sampling):
+                 stop_text: str | None = None, step=None, **sampling):
     """Yield the reply to `prompt_ids` piece by piece as it is generated, up to a stop.
 
-    The prompt runs once into a KV cache; every later step feeds only the newest token.
+    The tokens come from reply_tokens (on `step`, a fast_decode.DecodingStep, where given).
     Pieces are whole characters: a character split over several byte tokens (UTF-8) decodes to
     U+FFFD until its last byte arrives, so the text is held back until then, and so is a tail
     that could still grow into `stop_text`. `sampling`: sample_next_token's temperature,
     epsilon, top_k, top_p."""
-    cache = model.new_kv_cache(1, len(prompt_ids) + max_new_tokens)
-    tokens = torch.tensor([prompt_ids], device=model.device)  # (1, T), then (1, 1)
     generated, shown = [], 0
-    for _ in range(max_new_tokens):
-        logits, _ = model(tokens, kv_cache=cache)  # (1, 1, V)
-        next_id = int(sample_next_token(logits[:, -1, :], **sampling))
+    for next_id in reply_tokens(model, prompt_ids, max_new_tokens, step, **sampling):
         if next_id in stop_ids:
             break
         generated.append(next_id)
@@ -176,7 +192,6 @@ def stream_reply(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, s
         if not text.endswith("\ufffd") and ready > shown:
             yield text[shown:ready]
             shown = ready
-        tokens = tokens.new_tensor([[next_id]])
     text = tokenizer.decode(generated)
     if len(text) > shown:
         yield text[shown:]
@@ -228,6 +243,7 @@ def run_chat(model, tokenizer, message: str | None = None, system: str | None = 
               "which it was not trained on", file=sys.stderr)
     stop_ids, stop_text = stop_condition(template, tokenizer)
     sampling = dict(temperature=temperature, epsilon=epsilon, top_k=top_k, top_p=top_p)
+    step = fast_decode.DecodingStep(model) if fast_decode.covers(model, context_len) else None  # built once
     history = [{"role": "system", "content": system}] if system else []
 
     def reply(user_text: str) -> str:
@@ -242,7 +258,8 @@ def run_chat(model, tokenizer, message: str | None = None, system: str | None = 
                   f"{context_len}-token context", file=sys.stderr)
         pieces = []
         try:
-            for piece in stream_reply(model, tokenizer, prompt_ids, max_new_tokens, stop_ids, stop_text, **sampling):
+            for piece in stream_reply(model, tokenizer, prompt_ids, max_new_tokens, stop_ids, stop_text, step,
+                                      **sampling):
                 pieces.append(piece)
                 out.write(piece)
                 out.flush()

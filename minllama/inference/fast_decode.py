@@ -13,15 +13,17 @@ decoding step is written out for the whole model, in the order the data flows, w
 - the padding mask of a batch is built once; a step only hides the slots not yet written;
 - grouped-query attention lets the fused kernel share the key/value heads (`enable_gqa`)
   instead of copying them n_rep times;
-- linear layers reading the same input are multiplied as one matrix (q, k, v; and w1, w3).
+- linear layers reading the same input are multiplied as one matrix (q, k, v; and w1, w3),
+  stored transposed, as the output layer is (TransposedLinear: a faster layout at batch 1);
+- quantised layers (quantize.py) fuse as well, on their weight-only kernels.
 
-Eager, on a CPU, this gains little on its own (a small operation costs its pass over memory
-more than its call). What it buys is one shape for every step, so that torch.compile
-(`DecodingStep(model, compile=True)`) fuses the small operations into a few kernels, which is
-what brings float32 near the floor and int8 to twice float32's speed (README, "Lower precision").
+Eager, on a CPU, the small operations cost little beside the products (each costs its pass
+over memory more than its call): what counts is how the weights are read (their layout, their
+bits). One shape for every step lets torch.compile (`DecodingStep(model, compile=True)`) fuse
+the small operations into a few kernels on top (README, "Lower precision").
 
 The prompt itself goes through `Llama.forward`, which fills the cache; every token after it
-goes through `DecodingStep`. The tokens are those of `Llama.generate` for float32 and int8
+goes through `DecodingStep`. The tokens are those of `Llama.generate` for float32 and quantised
 weights (tests/test_fast_decode.py; bf16 sums round in another order, which can flip a near-tie):
 `generate` here has its arguments, and hands back to it whatever this path does not cover.
 """
@@ -31,24 +33,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama import KVCache, Llama, RMSNorm, sample_next_token
-from minllama.inference.quantize import Int8Linear, concat_int8
+from minllama.inference import quantize
 from rope import precompute_freqs_cos_sin
 
 
 def fusable(linears: list[nn.Module]) -> bool:
-    """Whether fuse() takes these: all plain nn.Linear, or all Int8Linear."""
-    return all(type(m) is nn.Linear for m in linears) or all(type(m) is Int8Linear for m in linears)
+    """Whether fuse() takes these: all plain nn.Linear, or quantised layers of one kind that concatenate."""
+    return all(type(m) is nn.Linear for m in linears) or quantize.fusable(linears)
+
+
+class TransposedLinear(nn.Module):
+    """A bias-free linear layer whose weight is stored transposed, (in, out), and multiplied as
+    x @ weight_t. At batch 1 torch's CPU product streams a weight laid out so about 1.7x faster
+    than nn.Linear's (out, in) one (x @ w.T): 25.8 against 14.8 GB/s on SmolLM2's output layer,
+    one thread (speed issue); SmolLM2's eager float32 decoding gained about a fifth."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight_t", weight.detach().t().contiguous())  # (in, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight_t
 
 
 def fuse(linears: list[nn.Module]) -> nn.Module:
     """One bias-free linear layer whose outputs are those of `linears` side by side: the input
-    is read (and, for int8, quantised) once, and one matrix product replaces several."""
+    is read once, and one matrix product replaces several."""
     if all(type(m) is nn.Linear for m in linears):
-        fused = nn.Linear(linears[0].in_features, sum(m.out_features for m in linears), bias=False,
-                          device="meta")
-        fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in linears]), requires_grad=False)
-        return fused
-    return concat_int8(linears)
+        return TransposedLinear(torch.cat([m.weight.detach() for m in linears]))
+    return type(linears[0]).concat(linears)
 
 
 def rotary_table(model: Llama) -> torch.Tensor:
@@ -87,6 +100,8 @@ class DecodingStep(nn.Module):
                                        layer.attention.compute_value]) for layer in model.layers)
         self.gate_up = nn.ModuleList(fuse([layer.feed_forward.w1, layer.feed_forward.w3])
                                      for layer in model.layers)
+        # the output layer, the largest matrix, as a transposed copy too (float weights; quantised ones stay)
+        self.output = TransposedLinear(model.output.weight) if type(model.output) is nn.Linear else model.output
         self.register_buffer("rotary", rotary_table(model), persistent=False)
         # config.norm_type: every norm is of one kind. F.rms_norm is RMSNorm in one call, with the
         # same float32 result; other weights (bf16) and LayerNorm run the modules themselves.
@@ -122,15 +137,15 @@ class DecodingStep(nn.Module):
             h = h + layer.attention.compute_output(attended.view(batch_size, n_q))
             gate, up = gate_up(self.norm(layer.ffn_norm, h)).chunk(2, dim=-1)
             h = h + layer.feed_forward.w2(F.silu(gate) * up)
-        return self.model.output(self.norm(self.model.norm, h))  # (B, V)
+        return self.output(self.norm(self.model.norm, h))  # (B, V)
 
 
 def covers(model: Llama, total_len: int) -> bool:
-    """Whether this path can decode: an inference model whose window never slides (Llama.generate
-    re-encodes the whole window at every step once it has; nothing is left to save there), of
-    Llama 2's own architecture (not a pre-training ablation, architectures.py), whose projections
-    fuse (plain or int8 linear layers, not e.g. LoRA-wrapped ones)."""
-    if model.training or total_len > model.config.max_seq_len or model.config.architecture_changes():
+    """Whether this path can decode: a Llama (not another model with its interface) in inference
+    mode, whose window never slides (Llama.generate re-encodes the whole window at every step once
+    it has; nothing is left to save there), of Llama 2's own architecture (not a pre-training ablation, architectures.py), whose projections
+    fuse (plain or quantised linear layers, not e.g. LoRA-wrapped ones)."""
+    if not isinstance(model, Llama) or model.training or total_len > model.config.max_seq_len or model.config.architecture_changes():
         return False
     groups = [[layer.attention.compute_query, layer.attention.compute_key, layer.attention.compute_value]
               for layer in model.layers] + [[layer.feed_forward.w1, layer.feed_forward.w3] for layer in model.layers]
@@ -138,19 +153,14 @@ def covers(model: Llama, total_len: int) -> bool:
 
 
 @torch.no_grad()
-def generate(model: Llama, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             epsilon: float = 0.05, top_k: int | None = None, top_p: float | None = None, stop_tokens=None,
-             attention_mask: torch.Tensor | None = None, step: DecodingStep | None = None) -> torch.Tensor:
-    """Llama.generate's tokens, faster: see the module docstring. `step` is a DecodingStep of
-    `model` to reuse (building one copies the fused weights); a context that would slide past
-    max_seq_len, or a model in training mode, goes through model.generate instead."""
+def decoded_tokens(model: Llama, idx: torch.Tensor, max_new_tokens: int, step: DecodingStep,
+                   attention_mask: torch.Tensor | None = None, **sampling):
+    """Yield the next token of every row, (B,), up to max_new_tokens times: the prompt idx (B, T)
+    goes once through Llama.forward into a cache sized for prompt and reply, every token after
+    it through `step`. The caller stops early by not asking for more (generate's stop tokens, a
+    chat reply's end). `sampling`: sample_next_token's temperature, epsilon, top_k, top_p."""
     batch_size, prompt_len = idx.shape
     total_len = prompt_len + max_new_tokens
-    if not covers(model, total_len) or max_new_tokens <= 0:
-        return model.generate(idx, max_new_tokens, temperature, epsilon, top_k, top_p, stop_tokens, attention_mask)
-    step = step or DecodingStep(model)
-    tokens = idx.new_empty(batch_size, total_len)
-    tokens[:, :prompt_len] = idx
     kv_cache = model.new_kv_cache(batch_size, total_len)
     for cache in kv_cache:  # the step attends over whole buffers (masked): no uninitialised NaN may hide there
         cache.keys.zero_()
@@ -164,17 +174,32 @@ def generate(model: Llama, idx: torch.Tensor, max_new_tokens: int, temperature: 
     else:
         real[:, 0, 0, :prompt_len] = attention_mask.bool()
         positions = attention_mask.sum(-1)  # (B,): the real tokens before the next one
+    for end in range(prompt_len, total_len):  # the tokens before index `end` are known; the next goes there
+        next_token = sample_next_token(logits, **sampling)[:, 0]
+        yield next_token
+        if end + 1 < total_len:
+            logits = step(next_token, positions, slots[end:end + 1], kv_cache, real & (slots <= end))
+            positions = positions + 1
+
+
+def generate(model: Llama, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             epsilon: float = 0.05, top_k: int | None = None, top_p: float | None = None, stop_tokens=None,
+             attention_mask: torch.Tensor | None = None, step: DecodingStep | None = None) -> torch.Tensor:
+    """Llama.generate's tokens, faster: see the module docstring. `step` is a DecodingStep of
+    `model` to reuse (building one copies the fused weights); a context that would slide past
+    max_seq_len, or a model in training mode, goes through model.generate instead."""
+    if not covers(model, idx.shape[1] + max_new_tokens) or max_new_tokens <= 0:
+        return model.generate(idx, max_new_tokens, temperature, epsilon, top_k, top_p, stop_tokens, attention_mask)
     if stop_tokens is not None:
         stop_tokens = torch.tensor(list(stop_tokens), dtype=idx.dtype, device=idx.device)
-        finished = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
-    for end in range(prompt_len, total_len):  # tokens[:, :end] are known, tokens[:, end] is next
-        next_token = sample_next_token(logits, temperature, epsilon, top_k, top_p)[:, 0]
-        if stop_tokens is not None:
-            next_token = torch.where(finished, tokens[:, end - 1], next_token)
+        finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    columns = [idx]
+    for next_token in decoded_tokens(model, idx, max_new_tokens, step or DecodingStep(model), attention_mask,
+                                     temperature=temperature, epsilon=epsilon, top_k=top_k, top_p=top_p):
+        if stop_tokens is not None:  # a finished row repeats its last token, as Llama.generate's rows do
+            next_token = torch.where(finished, columns[-1][:, -1], next_token)
             finished |= torch.isin(next_token, stop_tokens)
-        tokens[:, end] = next_token
-        if end + 1 == total_len or (stop_tokens is not None and finished.all()):
-            return tokens[:, :end + 1]
-        logits = step(next_token, positions, slots[end:end + 1], kv_cache, real & (slots <= end))
-        positions = positions + 1
-    return tokens
+        columns.append(next_token[:, None])
+        if stop_tokens is not None and finished.all():
+            break
+    return torch.cat(columns, dim=1)

@@ -218,7 +218,7 @@ short = replace(first, sentence=" ".join(first.sentence.split()[:8]))  # a few w
 print(show_loss_mask(template, instruct_tokenizer, classification_conversations([short], label_names)[0]))
 
 # %%
-limit = "1" if SMALL else "24"  # training sentences, and dev sentences classified after
+limit = "1" if SMALL else "8"  # training sentences, and dev sentences classified after
 tuned_dir = OUT / "instruct-lora"
 shutil.rmtree(tuned_dir, ignore_errors=True)
 code = run_llama.main(["--option", "instruct_tune", "--peft", "lora", "--lora_rank", "4", "--lora_alpha", "4",

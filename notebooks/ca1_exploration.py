@@ -114,7 +114,8 @@ shutil.rmtree(base_dir, ignore_errors=True)  # a fresh run each time the noteboo
 code = run_llama.main(["--option", "pretrain", "--corpus", str(corpus), "--tokenizer", "char",
                        "--dim", "64", "--n_layers", layers, "--n_heads", "4", "--max_seq_len", "64",
                        "--batch_size", "16", "--max_steps", str(steps), "--eval_every", str(every),
-                       "--patience", "2", "--lr", "3e-3", "--warmup_steps", "2", "--eval_batches", "1" if SMALL else "4",
+                       "--patience", "2", "--lr", "3e-3", "--warmup_steps", "2",
+                       "--eval_batches", "1" if SMALL else "4",
                        "--device", DEVICE, "--out_dir", str(base_dir)])
 assert code == 0
 records = [json.loads(line) for line in (base_dir / "metrics.jsonl").read_text().splitlines()]

@@ -20,7 +20,8 @@ def test_each_token_is_marked_as_the_mask_says():
     rows = lines[1:-1]
     learned = "".join(eval(row.split(maxsplit=2)[2]) for row in rows if row.split()[0] == "+")  # noqa: S307
     assert learned == "yo<end>ok<end>"  # both answers and the marker ending each, nothing of the user's
-    assert rows[0].split()[0] == "." and len(rows) == 1 + len(template.render(messages))  # BOS, then a token a character
+    # BOS, then one token a character
+    assert rows[0].split()[0] == "." and len(rows) == 1 + len(template.render(messages))
     assert lines[-1] == f"{len(learned)} of {len(rows)} tokens carry the loss"
 
 

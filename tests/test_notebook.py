@@ -29,14 +29,14 @@ def cells(path):
 
 
 def test_script_and_notebook_hold_the_same_cells():
-    """Edit either, then `jupytext --sync notebooks/ca1_exploration.ipynb` (or --to ipynb from the script)."""
+    """Edit either, then `jupytext --sync notebooks/ca1_exploration.ipynb` (it keeps the cells' ids)."""
     assert cells(SCRIPT) == cells(NOTEBOOK)
 
 
 def test_the_notebook_is_committed_without_outputs():
     notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
     ran = [i for i, cell in enumerate(notebook["cells"]) if cell.get("outputs") or cell.get("execution_count")]
-    assert ran == [], f"cells {ran} carry outputs: clear them (jupytext --to ipynb {SCRIPT.name})"
+    assert ran == [], f"cells {ran} carry outputs: write it afresh (jupytext --to ipynb notebooks/{SCRIPT.name})"
 
 
 @pytest.mark.slow

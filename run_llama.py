@@ -17,9 +17,14 @@ minllama/training/loop.py; under `torchrun --nproc_per_node N` on N processes.
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
+
+# An operation Apple's MPS backend lacks runs on the CPU instead of stopping the run (read when
+# torch is imported, so it is set before anything imports torch).
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 from minllama.cli.common import (LOOP_DEFAULTS, RunError, check_fraction, check_positive, checked_output_folder,
                                  choose_device, output_folder_lock)
@@ -76,6 +81,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, list]:
     loop.add_argument("--eval_every", type=int, default=None,
                       help="steps between evaluations, at least 1 (default: every epoch; pretrain: a tenth of --max_steps)")
     loop.add_argument("--patience", type=int, default=None, help="stop after N evaluations without improvement")
+    loop.add_argument("--amp", choices=("auto", "bfloat16", "float16", "off"), default="auto",
+                      help="mixed precision of training (auto: bfloat16 on GPUs of compute capability 8.0+, "
+                           "float16 with a gradient scaler below, off on the CPU and MPS)")
 
     families = [importlib.import_module(family.module) for family in families_here()]
     for family in families:
@@ -117,7 +125,7 @@ def check(args) -> None:
 def main(argv=None) -> int:
     args = get_args(argv)
     start = time.time()
-    from minllama.training.loop import Distributed, TrainingDiverged, TrainingInterrupted
+    from minllama.training.loop import Distributed, TrainingDiverged, TrainingInterrupted, resolve_amp
     from utils import seed_everything
 
     dist = Distributed.from_environment()
@@ -126,6 +134,7 @@ def main(argv=None) -> int:
     try:
         out_dir = checked_output_folder(args.out_dir)
         device = choose_device(args, dist)
+        args.amp = resolve_amp(args.amp, device)  # what auto means here, so the run's summary records it
         seed_everything(args.seed)
         family = importlib.import_module(family_running(args.option).module)
         with output_folder_lock(out_dir, dist):

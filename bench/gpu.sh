@@ -7,7 +7,9 @@
 #
 # Parts: the CUDA tests (tests/test_cuda.py), the generate, finetune and lora_memory benchmarks
 # with --device cuda --bf16 on random stories42M-shaped weights (finetune: one epoch at the
-# upstream SST command's shapes, batch 80), and stories15M pre-training on TinyShakespeare.
+# upstream SST command's shapes, batch 80), and stories15M pre-training on TinyShakespeare, in
+# bfloat16 (--amp auto on this GPU) and a shorter run in float16 with the gradient scaler (--amp
+# float16, what --amp auto picks on a T4 or V100).
 # Every part runs under its own `timeout`; one that fails or runs out of time is recorded and
 # the next one starts. Parts that need what the machine may lack (transformers, sentencepiece,
 # data files) say so and are skipped or run without the comparison.
@@ -34,14 +36,16 @@ if [ $DRY = 1 ]; then
     FT=(--train-examples 16 --dev-examples 8 --repeats 1 --batch-size 4 --skip-step --no-transformers)
     LORA=(--batch-size 4 --seq-len 16)
     PRETRAIN=(--preset stories260K --max_seq_len 64 --batch_size 4 --max_steps 5 --train_tokenizer 512 --device cpu)
-    LIMITS=(300 300 300 300 300)
+    FP16_STEPS=3
+    LIMITS=(300 300 300 300 300 300)
 else
     DEV=(--device cuda --bf16); TEST_DEVICE=cuda
     GEN=(--repeats 3)
     FT=(--train-examples 0 --dev-examples 0 --repeats 1)  # all 8544 training sentences: one upstream epoch
     LORA=()
     PRETRAIN=(--preset stories15M --max_seq_len 256 --batch_size 64 --max_steps 2000 --train_tokenizer 4096 --device cuda)
-    LIMITS=(90 80 120 45 230)  # seconds: tests, generate, finetune, lora_memory, pretrain (sum < 10 min)
+    FP16_STEPS=200
+    LIMITS=(90 80 120 45 200 40)  # seconds: tests, generate, finetune, lora_memory, pretrain, float16 (sum < 10 min)
 fi
 
 have() { "$PY" -c "import $1" >/dev/null 2>&1; }
@@ -103,6 +107,8 @@ part lora_memory "${LIMITS[3]}" "$PY" bench/lora_memory.py "${DEV[@]}" "${LORA[@
 if [ -f data/tinyshakespeare.txt ] && have sentencepiece; then
     part pretrain_stories15M "${LIMITS[4]}" "$PY" run_llama.py --option pretrain --corpus data/tinyshakespeare.txt \
         "${PRETRAIN[@]}" --out_dir "$SCRATCH/pretrain15M"
+    part pretrain_stories15M_float16 "${LIMITS[5]}" "$PY" run_llama.py --option pretrain --corpus data/tinyshakespeare.txt \
+        "${PRETRAIN[@]}" --max_steps "$FP16_STEPS" --amp float16 --out_dir "$SCRATCH/pretrain15M-float16"
 else
     skip pretrain_stories15M "needs data/tinyshakespeare.txt and sentencepiece (--train_tokenizer)"
 fi

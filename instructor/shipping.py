@@ -1,8 +1,9 @@
 """What a course's skeleton ships: the import closure of its entry points, computed, never listed.
 
 The entry points are the files a student runs (run_llama.py, the three grader checks,
-prepare_submit.py) and the modules of the course's own rows of the option table (support/course.py
-OPTION_FAMILIES: run_llama.py reaches a family's module only through its row, by name). From them
+prepare_submit.py, the progress summary minllama/tools/progress.py) and the modules of the
+course's own rows of the option table (support/course.py OPTION_FAMILIES: run_llama.py reaches a
+family's module only through its row, by name). From them
 every import is followed, at module level and inside functions alike, to the files of the
 repository it names; what nothing reaches does not ship. The student checks (tests/student) ship
 too; their module-level imports must be in the closure, and a check of a module the course may
@@ -21,7 +22,8 @@ import re
 
 from support.course import OPTION_FAMILIES, SOLUTION_ONLY, Course, all_methods, course_families
 
-ENTRY_POINTS = ("run_llama.py", "rope_test.py", "optimizer_test.py", "sanity_check.py", "prepare_submit.py")
+ENTRY_POINTS = ("run_llama.py", "rope_test.py", "optimizer_test.py", "sanity_check.py", "prepare_submit.py",
+                "minllama/tools/progress.py")
 STUDENT_TESTS = "tests/student/"
 MOVED_PACKAGE, MOVED_TO = "support", "minllama/support"
 

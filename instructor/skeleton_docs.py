@@ -94,12 +94,15 @@ explains the idea. Replace those two lines with your code; keep the names and si
 
 ## How to check your work
 
-    python -m pytest -q tests/student   # quick checks of every piece, on small random models
+    python -m pytest -q tests/student   # quick checks of every piece, on small random models, then your progress
     python rope_test.py                 # prints "Rotary embedding test passed!"
     python optimizer_test.py            # prints "Optimizer test passed!"
     python sanity_check.py              # prints "Your Llama implementation is correct!" (needs stories42M.pt)
 
-A test that fails with `NotImplementedError` points at a piece that is still a todo.
+A test that fails with `NotImplementedError` points at a piece that is still a todo. The student
+checks end with a summary: every piece with its state (todo, failing with the first failing check's
+message, passing), the grader checks' state, and the command to run next
+(`python -m minllama.tools.progress` prints the same).
 
 ## Running the assignment
 

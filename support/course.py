@@ -171,7 +171,8 @@ OPTION_FAMILIES = (
 # The A+ work of the solution and its tools: packages and files no skeleton ships. A course whose
 # code reaches one of them stops the skeleton build, naming the chain of imports (instructor/shipping.py).
 SOLUTION_ONLY = ("minllama/methods/", "minllama/inference/", "minllama/pretraining/", "minllama/instruct/",
-                 "minllama/tools/", "minllama/classify/method_builders.py")
+                 "minllama/tools/export.py", "minllama/tools/attention_map.py", "minllama/tools/tokenizer_compare.py",
+                 "minllama/classify/method_builders.py")
 # Every `--option` value, in the order `run_llama.py -h` lists them, with what it does.
 OPTION_HELP = {
     "generate": "continue a prompt",

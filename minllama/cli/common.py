@@ -170,7 +170,8 @@ def loop_settings(args, kind: str):
                         warmup_steps=args.warmup_steps, min_lr=lr / 10 if args.min_lr is None else args.min_lr,
                         grad_accum=args.grad_accum, weight_decay=pick("weight_decay"), betas=(0.9, pick("beta2")),
                         max_grad_norm=pick("max_grad_norm"), eval_every=args.eval_every or 0,
-                        patience=args.patience, higher_is_better=kind == "classification")
+                        patience=args.patience, higher_is_better=kind == "classification",
+                        amp=args.amp)
 
 
 def choose_device(args, dist):

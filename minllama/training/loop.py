@@ -65,6 +65,7 @@ class LoopSettings:
     eval_every: int = 0  # steps between evaluations; 0: only at the end
     patience: int | None = None  # stop after this many evaluations without improvement
     higher_is_better: bool = False  # of the metric that picks the best checkpoint
+    amp: str = "auto"  # mixed precision: "auto", "bfloat16", "float16" (with a gradient scaler) or "off"
 
 
 def learning_rate(step: int, s: LoopSettings) -> float:
@@ -174,17 +175,36 @@ class LoopState:
     first_loss: float | None = None
     recent_losses: list[float] = field(default_factory=list)
     tokens_seen: int = 0
+    grad_scaler: dict | None = None  # float16's loss scale and its growth counter (GradScaler.state_dict)
 
     def to_dict(self) -> dict:
         return dict(vars(self))
 
 
-def autocast(device: torch.device):
-    """bfloat16 autocast where the GPU supports it: about twice the speed and half the
-    activation memory, with float32's range (no loss scaling needed, unlike float16)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+AMP_CHOICES = ("auto", "bfloat16", "float16", "off")
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """What `--amp auto` means on this device. Autocast runs the matrix products in 16 bits: about
+    twice the speed and half the activation memory. bfloat16 keeps float32's range, so it needs
+    nothing more, but only GPUs of compute capability 8.0 and later (A100, RTX 30xx, H100) have
+    bfloat16 units; older ones (Colab's T4, the V100) get float16, whose small range needs a
+    gradient scaler. (torch.cuda.is_bf16_supported() says True on a T4: it counts emulation, which
+    is slower than float32, so the capability decides.) The CPU and Apple's MPS train in float32."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+    if amp != "auto":
+        return amp
+    if device.type != "cuda":
+        return "off"
+    major, _ = torch.cuda.get_device_capability(device)
+    return "bfloat16" if major >= 8 else "float16"
+
+
+def autocast(device: torch.device, amp: str = "auto"):
+    """The autocast context of `amp` on `device` (nothing when it is off)."""
+    amp = resolve_amp(amp, device)
+    return nullcontext() if amp == "off" else torch.autocast(device.type, dtype=getattr(torch, amp))
 
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
@@ -231,6 +251,16 @@ def train(model, objective, batch_at, settings: LoopSettings, hooks: RunHooks, d
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # float16 overflows above 65504 and rounds small gradients to 0: the scaler multiplies the loss
+    # by a large factor before backward, divides the gradients back before the step, skips a step
+    # whose gradients overflowed, and adapts the factor (halved after an overflow, doubled after
+    # 2000 clean steps). Disabled, each of its calls below does nothing.
+    amp = resolve_amp(settings.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "float16")
+    if state.grad_scaler is not None and scaler.is_enabled():
+        scaler.load_state_dict(state.grad_scaler)
+    if dist.is_main:
+        print(f"mixed precision: {amp}{' with a gradient scaler' if scaler.is_enabled() else ''} on {device.type}")
     wrapped = DistributedDataParallel(model) if dist.world_size > 1 else model
     progress = tqdm(total=settings.max_steps, initial=state.step, desc="train", disable=not dist.is_main)
     stopped_early = False
@@ -246,18 +276,22 @@ def train(model, objective, batch_at, settings: LoopSettings, hooks: RunHooks, d
                 for micro, (shard, weight) in enumerate(shards(batch, objective, settings.grad_accum, dist)):
                     last = micro == settings.grad_accum - 1  # all-reduce the gradients once, at the end
                     with nullcontext() if last or dist.world_size == 1 else wrapped.no_sync():
-                        with autocast(device):
+                        with autocast(device, amp):
                             micro_loss = objective(wrapped, shard)
-                        (micro_loss * weight).backward()
+                        scaler.scale(micro_loss * weight).backward()
                     loss += micro_loss.item() * weight
                     tokens += shard["input_ids"].numel() if weight else 0
                 # The mean loss over the whole global batch; and whether any process was asked to stop.
                 loss, stop = dist.mean(loss, float(interrupt["requested"]))
                 interrupt["requested"] = stop > 0
                 check_divergence(state, loss)
+                scaler.unscale_(optimizer)  # clipping and the step see the true gradients
                 if settings.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)  # skipped when a gradient overflowed
+                scaler.update()
+                if scaler.is_enabled():
+                    state.grad_scaler = scaler.state_dict()
                 optimizer.zero_grad(set_to_none=True)
 
                 state.step += 1

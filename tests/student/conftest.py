@@ -86,3 +86,17 @@ def reference_file():
             pytest.fail(f"{name} not found (looked in {[str(c) for c in candidates]})")
         pytest.skip(f"{name} not found: run `bash setup.sh`")
     return find
+
+
+def pytest_unconfigure(config):
+    """At the very end of a run of these checks alone: where the assignment stands
+    (minllama/tools/progress.py), with the grader checks run too when no -k or -m left a check out."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    here, start = Path(__file__).resolve().parent, Path(config.invocation_params.dir)
+    targets = [(start / arg.split("::")[0]).resolve() for arg in config.args]
+    if reporter is None or not all(target == here or here in target.parents for target in targets):
+        return  # no terminal, or a run of more than the student checks (the solution's own suite)
+    from minllama.tools.progress import outcomes_of, summary
+
+    whole = not config.option.keyword and not config.option.markexpr
+    reporter.write(summary(REPO_ROOT, outcomes_of(reporter.stats), run_graders=whole))

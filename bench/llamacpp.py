@@ -20,7 +20,9 @@ llama.cpp reads that file and its own quantiser makes the others from it
 Then: greedy decoding at batch 1 (tokens/s for a short prompt and NEW tokens, one call per token:
 llama_decode there, fast_decode.py's step here), prompt processing (tokens/s for PROMPT tokens at
 once, filling the cache), load time, and how many greedy tokens agree. Times are medians of the
-repeats, wall clock; llama.cpp runs first, then minllama, each alone on the threads it is given.
+repeats, wall clock; llama.cpp runs first, then minllama, each alone on the threads it is given; both load warm files.
+"same tokens": the leading greedy tokens two sides share; beside it, each side's against its own
+first kind (float32), a measure of what its rounding costs.
 The float32 floor is the model's bytes read per token over the bandwidth of one plain read
 (torch.sum over 512 MB) on the same threads. Figures go to bench/results/llamacpp.json.
 """
@@ -135,6 +137,7 @@ def main():
             raise SystemExit(f"llama.cpp's side failed (exit {worker.returncode}):\n{worker.stderr[-3000:]}")
         theirs = json.loads(worker.stdout.strip().splitlines()[-1])
         prompt, start = torch.tensor([prompt_ids]), torch.tensor([start_ids])
+        load_pretrained(source)  # warm, as llama.cpp's memory map is: the GGUF decode cache is filled once
         ours = {kind: run_minllama(source, kind, prompt, start, args.new_tokens, args.repeats) for kind in kinds}
         floor = read_bandwidth(args.threads) / bytes_per_token(load_pretrained(source))
 
@@ -150,7 +153,9 @@ def main():
         rows.append([f"{kind} / {name}", f"{rate['ours']['decode']:.1f}", f"{rate['theirs']['decode']:.1f}",
                      f"{ratio['decode']:.2f}x", f"{rate['ours']['prompt']:.0f}", f"{rate['theirs']['prompt']:.0f}",
                      f"{ratio['prompt']:.2f}x", f"{mine['load_s']:.2f}", f"{other['load_s']:.2f}",
-                     agreement(mine["tokens"], other["tokens"])])
+                     agreement(mine["tokens"], other["tokens"]),
+                     f"{agreement(mine['tokens'], ours[kinds[0]]['tokens'])} / "
+                     f"{agreement(other['tokens'], theirs['results'][PAIRS[kinds[0]][0]]['tokens'])}"])
         for what, targets in GOALS.items():
             if kind in targets:
                 goals.append(f"{kind} {what} vs llama.cpp {name}: {common.verdict(ratio[what], targets[kind])}")
@@ -164,7 +169,7 @@ def main():
         f"SmolLM2-135M-Instruct, batch 1: decode {args.new_tokens} greedy tokens, process a {len(prompt_ids)}-token "
         f"prompt (median of {args.repeats})",
         ["minllama / llama.cpp", "decode tok/s", "llama.cpp", "ratio", "prompt tok/s", "llama.cpp", "ratio",
-         "load s", "llama.cpp", "same tokens"], rows,
+         "load s", "llama.cpp", "same tokens", f"same as {kinds[0]}: ours / llama.cpp's"], rows,
         goals + [f"llama.cpp: llama-cpp-python {theirs['version']}, n_ctx 1024, n_batch 512, memory-mapped; "
                  f"{theirs['system_info'].strip()}", f"machine: {machine}; load average {os.getloadavg()[0]:.2f}"])
     record = {"machine": machine, "threads": args.threads, "new_tokens": args.new_tokens,

@@ -93,7 +93,8 @@ def test_resume_restores_the_scaler_from_last_pt_and_the_summary_records_the_cho
     corpus.write_text("the cat sat on the mat. " * 200)
     assert pretrain(tmp_path / "run", corpus, "--amp", "float16", "--max_steps", "1") == 0
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["loop_state"]["grad_scaler"]
-    assert pretrain(tmp_path / "run", corpus, "--amp", "float16", "--max_steps", "2", "--resume") == 0
+    assert pretrain(tmp_path / "run", corpus, "--amp", "float16", "--max_steps", "2", "--resume",
+                    "--allow_changed", "max_steps") == 0
     resumed = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["loop_state"]["grad_scaler"]
     assert (resumed["scale"], resumed["_growth_tracker"]) in ((saved["scale"], saved["_growth_tracker"] + 1),
                                                               (saved["scale"] / 2, 0))

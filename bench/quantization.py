@@ -121,8 +121,8 @@ def main():
               + f"; fast path float32 vs Llama.generate float32: {rate['float32, fast path'] / rate['float32']:.2f}x",
               "fast path tokens equal to Llama.generate's: "
               + ", ".join(f"{name} {share:.0%}" for name, share in fast_same.items())
-              + " (float32 and the quantised layers must be 100%; bf16 sums round in another order, which can "
-              "flip a near-tie)",
+              + " (float32 and int8 must be 100%; bf16 sums, and int4 ones of a fused matrix, round in another "
+              "order, which can flip a near-tie)",
               *(f"{name}, fast path through torch.compile: {rate[f'{name}, compiled']:.1f} tok/s, "
                 f"{rate[f'{name}, compiled'] / rate['float32']:.2f}x Llama.generate float32" for name in compiled)]
     for name, tolerance in PERPLEXITY_TOLERANCE.items():

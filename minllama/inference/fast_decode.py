@@ -23,8 +23,9 @@ bits). One shape for every step lets torch.compile (`DecodingStep(model, compile
 the small operations into a few kernels on top (README, "Lower precision").
 
 The prompt itself goes through `Llama.forward`, which fills the cache; every token after it
-goes through `DecodingStep`. The tokens are those of `Llama.generate` for float32 and quantised
-weights (tests/test_fast_decode.py; bf16 sums round in another order, which can flip a near-tie):
+goes through `DecodingStep`. The tokens are those of `Llama.generate` for float32 and int8
+weights (tests/test_fast_decode.py; bf16 sums, and int4 ones of a fused matrix, can round in
+another order, which can flip a near-tie: on SmolLM2 int4 parted after about 14 tokens):
 `generate` here has its arguments, and hands back to it whatever this path does not cover.
 """
 
@@ -59,9 +60,15 @@ class TransposedLinear(nn.Module):
 def fuse(linears: list[nn.Module]) -> nn.Module:
     """One bias-free linear layer whose outputs are those of `linears` side by side: the input
     is read once, and one matrix product replaces several."""
-    if all(type(m) is nn.Linear for m in linears):
-        return TransposedLinear(torch.cat([m.weight.detach() for m in linears]))
-    return type(linears[0]).concat(linears)
+    if not all(type(m) is nn.Linear for m in linears):
+        return type(linears[0]).concat(linears)
+    weight = torch.cat([m.weight.detach() for m in linears])
+    if weight.dtype == torch.float32:
+        return TransposedLinear(weight)
+    # bfloat16: nn.Linear's own layout is the fast one (5x the transposed product on a CPU without bf16 units)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
 
 
 def rotary_table(model: Llama) -> torch.Tensor:
@@ -100,8 +107,9 @@ class DecodingStep(nn.Module):
                                        layer.attention.compute_value]) for layer in model.layers)
         self.gate_up = nn.ModuleList(fuse([layer.feed_forward.w1, layer.feed_forward.w3])
                                      for layer in model.layers)
-        # the output layer, the largest matrix, as a transposed copy too (float weights; quantised ones stay)
-        self.output = TransposedLinear(model.output.weight) if type(model.output) is nn.Linear else model.output
+        # the output layer, the largest matrix, as a transposed copy too (float32 weights; others stay)
+        float_output = type(model.output) is nn.Linear and model.output.weight.dtype == torch.float32
+        self.output = TransposedLinear(model.output.weight) if float_output else model.output
         self.register_buffer("rotary", rotary_table(model), persistent=False)
         # config.norm_type: every norm is of one kind. F.rms_norm is RMSNorm in one call, with the
         # same float32 result; other weights (bf16) and LayerNorm run the modules themselves.

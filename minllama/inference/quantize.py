@@ -67,6 +67,8 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight_int8.shape
         self.register_buffer("weight_int8", weight_int8)  # (out, in) int8
         self.register_buffer("weight_scale", weight_scale.view(1, -1))  # (1, out) float32: broadcasts over the batch
+        # the weight-only kernel takes its scales in the activations' bfloat16: converted once, not at every token
+        self.register_buffer("weight_scale_bf16", weight_scale.view(-1).to(torch.bfloat16), persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
@@ -85,8 +87,7 @@ class Int8Linear(nn.Module):
         if x.device.type != "cpu":  # the CPU kernels below: on other devices, compute in float
             out = F.linear(rows, dequantized_weight(self).to(x.dtype))
         elif rows.shape[0] <= DECODING_ROWS:
-            out = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight_int8,
-                                            self.weight_scale.view(-1).to(torch.bfloat16))
+            out = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight_int8, self.weight_scale_bf16)
         elif INT8_DOT_PRODUCTS:
             out = two_digit_product(rows.float(), self.weight_int8, self.weight_scale)
         else:

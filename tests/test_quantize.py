@@ -100,18 +100,19 @@ def test_int4_linear_is_within_the_rounding_bound_of_the_float_product(shape):
 
 @pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])
 def test_concatenated_layers_compute_the_layers_side_by_side(kind):
-    layers = [kind.from_linear(nn.Linear(64, n, bias=False)) for n in (64, 32, 32)]
+    layers = [kind.from_linear(nn.Linear(64, n, bias=False)) for n in (128, 64, 64)]
     fused = kind.concat(layers)
-    assert quantize.fusable(layers) and fused.out_features == 128
+    assert quantize.fusable(layers) and fused.out_features == 256
     for rows in (1, DECODING_ROWS + 1):
         x = torch.randn(rows, 64)
         assert torch.equal(fused(x), torch.cat([layer(x) for layer in layers], dim=-1))
 
 
 def test_int4_layers_that_fill_part_of_a_packed_block_do_not_fuse():
-    """torch packs int4 rows in blocks of 32: 16 rows (or 20, padded to 32) would not stack."""
-    layers = [Int4Linear.from_linear(nn.Linear(64, n, bias=False)) for n in (32, 20, 16)]
-    assert not quantize.fusable(layers[:2]) and not quantize.fusable(layers[::2])
+    """torch packs int4 rows in blocks of 32 (AVX2) or 64 (AVX-512): 32 rows, or 20 padded to 32,
+    would not stack on every CPU, and 16 rows stack on none."""
+    layers = [Int4Linear.from_linear(nn.Linear(64, n, bias=False)) for n in (64, 32, 20, 16)]
+    assert not quantize.fusable(layers[:2]) and not quantize.fusable(layers[1:3]) and not quantize.fusable(layers[::3])
     halves = [Int4Linear.from_linear(nn.Linear(64, 16, bias=False)) for _ in range(2)]
     x = torch.randn(1, 64)
     assert not torch.equal(Int4Linear.concat(halves)(x), torch.cat([half(x) for half in halves], dim=-1))

@@ -42,7 +42,7 @@ INT8_MAX = 127  # symmetric range [-127, 127]: -128 is left out so that -q is al
 INT4_GROUP_SIZE = 32  # weights sharing one scale and zero: llama.cpp's Q4_0/Q4_1 blocks hold 32 too
 INT4_ROWS_MULTIPLE = 16  # torch's int4 CPU packing takes a multiple of 16 output rows,
 INT4_PACKED_BLOCK = 64  # and lays them out in blocks of 32 (AVX2) or 64 (AVX-512): packed layers stack where
-# each fills whole blocks of the larger, so that a model fused on one CPU is right on the other
+# each fills whole blocks of the larger, one rule that holds whichever CPU packs them
 DECODING_ROWS = 8  # the weight-only kernels beat float32 up to about 8 rows, and tie at 16 (AVX2, one thread)
 INT8_DOT_PRODUCTS = torch.cpu._is_vnni_supported()  # VNNI: the only case where _int_mm beats float32 here
 
